@@ -1,0 +1,86 @@
+"""Video decoding and encoding shared by both pipelines (PyAV, no per-frame seeking)."""
+
+import io
+import os
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import av
+import numpy as np
+
+VideoSource = Union[str, os.PathLike, bytes]
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be opened or decoded; the message names the source and the cause."""
+
+
+def _describe(source: VideoSource) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
+def iter_video_frames(source: VideoSource) -> Iterator[np.ndarray]:
+    """Yield every frame of a video as RGB uint8 [H, W, 3], decoding once from front to back."""
+    name = _describe(source)
+    handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
+    try:
+        container = av.open(handle)
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise VideoDecodeError(f"{name}: cannot open video ({error})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{name}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except (av.FFmpegError, OSError, ValueError) as error:
+            raise VideoDecodeError(f"{name}: decoding failed ({error})") from None
+
+
+def evenly_spaced_indices(num_available: int, num_wanted: int) -> list[int]:
+    """Indices of `num_wanted` frames spread over the whole video, first and last included.
+
+    A video with fewer frames than wanted keeps all of them.
+    """
+    if num_available <= num_wanted:
+        return list(range(num_available))
+    if num_wanted == 1:
+        return [0]
+    return [round(i * (num_available - 1) / (num_wanted - 1)) for i in range(num_wanted)]
+
+
+def write_mp4(frames: Sequence[np.ndarray], path: Union[str, os.PathLike], fps: float = 7.0, crf: int = 18) -> Path:
+    """Write RGB uint8 frames [H, W, 3] as an H.264 mp4 (yuv420p) that any player opens.
+
+    Odd sizes are padded to even by repeating the last row/column, as yuv420p requires.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    even_h, even_w = height + height % 2, width + width % 2
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = even_w, even_h, "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            frame = np.ascontiguousarray(frame, dtype=np.uint8)
+            if (even_h, even_w) != (height, width):
+                frame = np.pad(frame, ((0, even_h - height), (0, even_w - width), (0, 0)), mode="edge")
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def encode_video_bytes(frames: Sequence[np.ndarray], codec: str = "libx264", fps: float = 12.0, container_format: str = "mp4") -> bytes:
+    """Encode RGB uint8 frames into an in-memory video (used for synthetic datasets)."""
+    buffer = io.BytesIO()
+    height, width = frames[0].shape[:2]
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()

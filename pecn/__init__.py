@@ -1,0 +1,1 @@
+"""PECN: Something-Something V2 filtering, frame extraction, pair dataset, prompts and metrics."""
