@@ -1,0 +1,191 @@
+"""Training plumbing that both training scripts share: flags, Accelerator, optimizer, EMA, logging."""
+
+import argparse
+import contextlib
+import importlib.util
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+
+
+class SetupError(RuntimeError):
+    """A flag or environment that cannot work (a missing optional package, an impossible value)."""
+
+
+def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
+    """Flags with the meaning users know from the diffusers training examples."""
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--learning_rate", type=float, default=1e-4, help="Initial learning rate (after warm-up).")
+    group.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by accumulation steps x batch size x processes.")
+    group.add_argument("--lr_scheduler", type=str, default="constant", help='One of "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup".')
+    group.add_argument("--lr_warmup_steps", type=int, default=500, help="Optimizer steps of linear warm-up.")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimizer step.")
+    group.add_argument("--gradient_checkpointing", action="store_true", help="Recompute UNet activations in the backward pass to save memory.")
+    group.add_argument("--max_train_steps", type=int, default=None, help="Total optimizer steps; overrides --num_train_epochs.")
+    group.add_argument("--num_train_epochs", type=int, default=100, help="Epochs to train when --max_train_steps is not given.")
+    group.add_argument("--use_8bit_adam", action="store_true", help="Use bitsandbytes' 8-bit AdamW (needs bitsandbytes and a GPU).")
+    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
+    group.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
+    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
+    group.add_argument("--max_grad_norm", type=float, default=1.0, help="Clip the gradient norm to this value (0 disables clipping).")
+    group.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the trainable weights; validation and the saved model use it.")
+    group.add_argument("--ema_decay", type=float, default=0.9999, help="Maximum EMA decay (with the usual warm-up of the decay).")
+    group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matrix products on Ampere or newer GPUs.")
+    group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision; defaults to the accelerate config. Frozen modules are held in this dtype.")
+    group.add_argument("--enable_xformers_memory_efficient_attention", action="store_true", help="Use xformers attention (must be installed); PyTorch's scaled-dot-product attention is the default.")
+    group.add_argument("--seed", type=int, default=None, help="Seed for a reproducible run.")
+
+    group = parser.add_argument_group("checkpoints and logging")
+    group.add_argument("--output_dir", type=str, required=True, help="Where checkpoints, validation outputs, logs and the final pipeline go.")
+    group.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint-<step>/ every this many optimizer steps.")
+    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints (oldest removed after the new one is complete).")
+    group.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest" for the newest in --output_dir (a fresh start if there is none).')
+    group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    group.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir.")
+
+
+def check_shared_args(args) -> None:
+    """Refuse flag values that cannot work, before any model is loaded."""
+    if args.gradient_accumulation_steps < 1:
+        raise SetupError("--gradient_accumulation_steps must be at least 1")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise SetupError("--checkpoints_total_limit must be at least 1")
+    if args.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
+        raise SetupError("--report_to wandb needs the wandb package: pip install wandb")
+    if args.enable_xformers_memory_efficient_attention and importlib.util.find_spec("xformers") is None:
+        raise SetupError("--enable_xformers_memory_efficient_attention: xformers is not installed (pip install xformers), or drop the flag to use PyTorch's scaled-dot-product attention")
+    if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        raise SetupError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
+
+
+def create_accelerator(args):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+    output_dir = Path(args.output_dir)
+    project_config = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir))
+    # A seedable sampler makes the shuffle order a function of (seed, epoch), so resume continues it.
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=project_config,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def setup_logging(accelerator, output_dir) -> None:
+    """Log to the console on every process and to `<output_dir>/train.log` on the main one."""
+    import datasets
+    import diffusers
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO)
+    if accelerator.is_main_process:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(output_dir) / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(name)s - %(message)s"))
+        logging.getLogger().addHandler(handler)
+        transformers.utils.logging.set_verbosity_warning()
+        diffusers.utils.logging.set_verbosity_info()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+        diffusers.utils.logging.set_verbosity_error()
+
+
+def weight_dtype(accelerator) -> torch.dtype:
+    """The dtype of frozen modules: the mixed-precision dtype, fp32 otherwise."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def enable_memory_efficient_attention(unet, use_xformers: bool) -> None:
+    if use_xformers:
+        unet.enable_xformers_memory_efficient_attention()
+
+
+def create_optimizer(params, args, num_processes: int, batch_size: int):
+    """AdamW (or bitsandbytes' 8-bit AdamW) with the --adam_* flags and optional LR scaling."""
+    learning_rate = args.learning_rate
+    if args.scale_lr:
+        learning_rate *= args.gradient_accumulation_steps * batch_size * num_processes
+    if args.use_8bit_adam:
+        import bitsandbytes
+
+        optimizer_cls = bitsandbytes.optim.AdamW8bit
+    else:
+        optimizer_cls = torch.optim.AdamW
+    return optimizer_cls(
+        params,
+        lr=learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+
+
+def training_length(args, num_batches_per_process: int) -> tuple[int, int, int]:
+    """(max_train_steps, num_train_epochs, optimizer steps per epoch) from the flags and the data size."""
+    steps_per_epoch = max(1, math.ceil(num_batches_per_process / args.gradient_accumulation_steps))
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_train_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    return max_train_steps, num_train_epochs, steps_per_epoch
+
+
+def create_lr_scheduler(optimizer, args, max_train_steps: int, num_processes: int):
+    """diffusers' scheduler, counted in optimizer steps (Accelerate steps it once per process)."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=max_train_steps * num_processes,
+    )
+
+
+def create_ema(named_params: list[tuple[str, torch.nn.Parameter]], decay: float):
+    """EMA over the trainable parameters only; returns (ema, parameter names)."""
+    from diffusers.training_utils import EMAModel
+
+    names = [name for name, _ in named_params]
+    return EMAModel([p for _, p in named_params], decay=decay), names
+
+
+@contextlib.contextmanager
+def ema_weights_swapped_in(ema, params):
+    """Inside, `params` hold the EMA weights (for validation and saving); a no-op without EMA."""
+    if ema is None:
+        yield
+        return
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
+def allow_tf32(enabled: bool) -> None:
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def run_cli(main) -> None:
+    """Run a script's main(); known setup and data errors become one line on stderr and exit code 2."""
+    import sys
+
+    from common.checkpoints import CheckpointError
+
+    try:
+        main()
+    except (SetupError, CheckpointError, FileNotFoundError, ValueError) as error:
+        if os.environ.get("TRAIN_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

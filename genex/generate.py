@@ -1,0 +1,55 @@
+"""Generating an exploration video from one panorama, for validation and for the sampler."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def list_images(folder, limit=None) -> list[Path]:
+    """Image files of a folder, sorted by name, at most `limit`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: validation images folder does not exist")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the validation images folder")
+    return images[:limit]
+
+
+def load_rgb(path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read image ({error})") from None
+
+
+@torch.no_grad()
+def generate_video(pipeline, image: Image.Image, width: int, height: int, num_frames: int, fps: int,
+                   motion_bucket_id: int, num_inference_steps: int, decode_chunk_size: int, generator=None) -> np.ndarray:
+    """Run the SVD pipeline on `image` resized to width x height; returns uint8 frames [T,H,W,3].
+
+    The pipeline feeds `fps - 1` to the UNet, as training does for the same --fps.
+    """
+    frames = pipeline(
+        image.resize((width, height), Image.Resampling.LANCZOS),
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        fps=fps,
+        motion_bucket_id=motion_bucket_id,
+        num_inference_steps=num_inference_steps,
+        decode_chunk_size=decode_chunk_size,
+        generator=generator,
+        output_type="np",
+    ).frames[0]
+    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def resize_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize every frame of a [T,H,W,3] uint8 video."""
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.LANCZOS)) for f in frames])

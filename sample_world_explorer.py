@@ -1,0 +1,73 @@
+"""Generate a video that walks forward into a panorama with a (fine-tuned) SVD pipeline.
+
+    python sample_world_explorer.py --model_dir ./models/genex_explorer --panorama pano.png --output out.mp4
+
+The panorama is resized to the model's resolution (1024x576 by default), the video is generated,
+then written at the panorama's own aspect ratio (2:1 for an equirectangular panorama).
+"""
+
+import argparse
+import logging
+
+import torch
+
+from common.training import SetupError, run_cli
+from common.video import write_mp4
+
+logger = logging.getLogger("sample_world_explorer")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", type=str, required=True, help="A StableVideoDiffusionPipeline folder (e.g. train_world_explorer.py's --output_dir).")
+    parser.add_argument("--panorama", type=str, required=True, help="Equirectangular panorama image (any size; 2:1 expected).")
+    parser.add_argument("--output", type=str, required=True, help="Output mp4 path (H.264).")
+    parser.add_argument("--width", type=int, default=1024, help="Model input width the panorama is resized to.")
+    parser.add_argument("--height", type=int, default=576, help="Model input height the panorama is resized to.")
+    parser.add_argument("--num_frames", type=int, default=25, help="Frames to generate.")
+    parser.add_argument("--fps", type=int, default=7, help="Frame rate: the conditioning value (the UNet sees fps - 1, as in training) and the mp4's rate.")
+    parser.add_argument("--motion_bucket_id", type=int, default=127, help="Motion bucket id conditioning.")
+    parser.add_argument("--num_inference_steps", type=int, default=25, help="Sampling steps.")
+    parser.add_argument("--decode_chunk_size", type=int, default=8, help="Frames decoded at once by the VAE (lower uses less memory).")
+    parser.add_argument("--seed", type=int, default=42, help="Seed of the sampling noise.")
+    parser.add_argument("--yaw", type=float, default=0.0, help="Turn the panorama by this many degrees first (the same rotation as the spherical loss).")
+    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run on.")
+    return parser.parse_args(argv)
+
+
+def output_size(panorama_width: int, panorama_height: int, model_width: int) -> tuple[int, int]:
+    """Video size at the panorama's aspect ratio and the model's width, even for H.264."""
+    height = round(model_width * panorama_height / panorama_width)
+    return model_width, height + height % 2
+
+
+def main(argv=None):
+    import numpy as np
+    from diffusers import StableVideoDiffusionPipeline
+    from PIL import Image
+
+    from genex.generate import generate_video, load_rgb, resize_frames
+    from genex.spherical import rotate_yaw
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    panorama = load_rgb(args.panorama)
+    if args.yaw:
+        panorama = Image.fromarray(rotate_yaw(np.asarray(panorama), args.yaw, width_axis=1))
+    try:
+        pipeline = StableVideoDiffusionPipeline.from_pretrained(args.model_dir)
+    except (OSError, ValueError) as error:
+        raise SetupError(f"{args.model_dir}: not a Stable Video Diffusion pipeline folder ({str(error).splitlines()[0]})") from None
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    pipeline.to(args.device, dtype=dtype)
+
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    frames = generate_video(pipeline, panorama, args.width, args.height, args.num_frames, args.fps,
+                            args.motion_bucket_id, args.num_inference_steps, args.decode_chunk_size, generator)
+    frames = resize_frames(frames, *output_size(*panorama.size, args.width))
+    path = write_mp4(frames, args.output, fps=args.fps)
+    print(f"Wrote {len(frames)} frames ({frames.shape[2]}x{frames.shape[1]}) to {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,303 @@
+"""Fine-tune the temporal transformer blocks of Stable Video Diffusion to walk forward into panoramas.
+
+    accelerate launch --config_file accelerate_config.yaml train_world_explorer.py \
+        --base_folder=./Genex-DB --pretrained_model_name_or_path=stabilityai/stable-video-diffusion-img2vid-xt-1-1 \
+        --num_frames=25 --width=1024 --height=576 --output_dir=./models/genex_explorer
+
+The objective is EDM with SVD's v-scaling (genex/edm.py), optionally with the spherical
+contrastive loss (genex/spherical.py). See DESIGN.md for the formulas.
+"""
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from common.checkpoints import load_checkpoint, register_trainable_weights_hooks, resolve_resume_checkpoint, save_checkpoint
+from common.trackers import log_validation_videos
+from common.training import (
+    SetupError,
+    add_shared_training_args,
+    allow_tf32,
+    check_shared_args,
+    create_accelerator,
+    create_ema,
+    ema_weights_swapped_in,
+    create_lr_scheduler,
+    create_optimizer,
+    enable_memory_efficient_attention,
+    run_cli,
+    setup_logging,
+    training_length,
+    weight_dtype,
+)
+from common.video import write_mp4
+
+logger = logging.getLogger("train_world_explorer")
+
+TRAINABLE_MARKER = "temporal_transformer_block"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("model and data")
+    group.add_argument("--pretrained_model_name_or_path", type=str, required=True, help="SVD pipeline folder or hub id (unet/, vae/, image_encoder/, feature_extractor/, scheduler/).")
+    group.add_argument("--base_folder", type=str, required=True, help="Folder holding (possibly nested) folders of frames, as prepare_dataset.py writes.")
+    group.add_argument("--num_frames", type=int, default=25, help="Frames per training clip (a random contiguous window).")
+    group.add_argument("--width", type=int, default=1024, help="Training width in pixels.")
+    group.add_argument("--height", type=int, default=576, help="Training height in pixels.")
+    group.add_argument("--per_gpu_batch_size", type=int, default=1, help="Clips per process per batch.")
+    group.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes.")
+
+    group = parser.add_argument_group("objective")
+    group.add_argument("--p_mean", type=float, default=0.7, help="Mean of log sigma (EDM's P_mean).")
+    group.add_argument("--p_std", type=float, default=1.6, help="Std of log sigma (EDM's P_std).")
+    group.add_argument("--fps", type=int, default=7, help="Frame rate the model is conditioned on; the UNet sees fps - 1, as in the pipeline.")
+    group.add_argument("--motion_bucket_id", type=int, default=127, help="Motion bucket id the model is conditioned on.")
+    group.add_argument("--conditioning_dropout_prob", type=float, default=0.1, help="p: CLIP embedding dropped for u < 2p, conditioning latent for p <= u < 3p.")
+    group.add_argument("--scl_loss", action="store_true", help="Add the spherical contrastive loss (yaw-rotation consistency of the x0 estimate).")
+    group.add_argument("--num_scl_samples", type=int, default=3, help="Yaw rotations per step for the spherical contrastive loss.")
+    group.add_argument("--scl_beta", type=float, default=None, help="Constant SCL weight beta (the paper's form); default: GenEx's released schedule 0.05 -> 1 over the first half of training.")
+    group.add_argument("--decode_chunk_size", type=int, default=8, help="Frames decoded at once (SCL and validation).")
+
+    group = parser.add_argument_group("validation")
+    group.add_argument("--validation_images_folder", type=str, default=None, help="Folder of panoramas to generate validation videos from.")
+    group.add_argument("--num_validation_images", type=int, default=1, help="How many images of the folder to use.")
+    group.add_argument("--validation_steps", type=int, default=500, help="Validate every this many optimizer steps (and at the end).")
+    group.add_argument("--validation_num_inference_steps", type=int, default=25, help="Sampling steps of validation videos.")
+    add_shared_training_args(parser)
+    args = parser.parse_args(argv)
+    check_shared_args(args)
+    if args.num_scl_samples < 1:
+        raise SetupError("--num_scl_samples must be at least 1")
+    if args.validation_images_folder:
+        from genex.generate import list_images
+
+        list_images(args.validation_images_folder)
+    return args
+
+
+def load_models(args):
+    """The five SVD components from a pipeline folder, with a clear error when it is not one."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    path = args.pretrained_model_name_or_path
+    try:
+        feature_extractor = CLIPImageProcessor.from_pretrained(path, subfolder="feature_extractor")
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(path, subfolder="image_encoder")
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae")
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet")
+        EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
+    except (OSError, ValueError) as error:
+        raise SetupError(f"{path}: not a Stable Video Diffusion pipeline folder ({str(error).splitlines()[0]})") from None
+    if unet.config.in_channels != 2 * vae.config.latent_channels:
+        raise SetupError(f"{path}: unet takes {unet.config.in_channels} input channels, SVD needs 2 x {vae.config.latent_channels} (noisy + conditioning latents)")
+    return feature_extractor, image_encoder, vae, unet
+
+
+def check_resolution(args, vae, unet) -> None:
+    multiple = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.block_out_channels) - 1)
+    if args.width % multiple or args.height % multiple:
+        raise SetupError(f"--width {args.width} and --height {args.height} must be multiples of {multiple} for this model")
+
+
+def freeze_all_but_temporal_blocks(unet, dtype) -> list:
+    """Only temporal transformer blocks train; every other weight is frozen and held in `dtype`."""
+    trainable = []
+    for name, param in unet.named_parameters():
+        param.requires_grad_(TRAINABLE_MARKER in name)
+        if param.requires_grad:
+            trainable.append((name, param))
+        else:
+            param.data = param.data.to(dtype)
+    if not trainable:
+        raise SetupError(f"the UNet has no parameters named *{TRAINABLE_MARKER}*: is it an SVD UNet?")
+    return trainable
+
+
+def build_pipeline(args, unet, vae, image_encoder, feature_extractor):
+    from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
+
+    scheduler = EulerDiscreteScheduler.from_pretrained(args.pretrained_model_name_or_path, subfolder="scheduler")
+    return StableVideoDiffusionPipeline(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor)
+
+
+def validate(args, accelerator, unet, vae, image_encoder, feature_extractor, step: int) -> None:
+    """Generate a video from each validation panorama with the current weights and log it."""
+    from genex.generate import generate_video, list_images, load_rgb
+
+    pipeline = build_pipeline(args, accelerator.unwrap_model(unet), vae, image_encoder, feature_extractor)
+    pipeline.set_progress_bar_config(disable=True)
+    folder = Path(args.output_dir) / "validation" / f"step_{step}"
+    videos, frames = {}, {}
+    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed or 0)
+    with torch.autocast(accelerator.device.type, enabled=accelerator.mixed_precision != "no"):
+        for path in list_images(args.validation_images_folder, args.num_validation_images):
+            frames[path.stem] = generate_video(
+                pipeline, load_rgb(path), args.width, args.height, args.num_frames, args.fps,
+                args.motion_bucket_id, args.validation_num_inference_steps, args.decode_chunk_size, generator,
+            )
+            videos[path.stem] = write_mp4(frames[path.stem], folder / f"{path.stem}.mp4", fps=args.fps)
+    log_validation_videos(accelerator, videos, frames, step, args.fps)
+    logger.info("Validation videos of step %d in %s", step, folder)
+
+
+def save_final_pipeline(args, accelerator, unet) -> None:
+    """Write output_dir as a complete SVD pipeline: the base's frozen weights bit for bit, trained temporal blocks."""
+    from diffusers import StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
+
+    from common.checkpoints import load_trainable_state_dict, trainable_state_dict
+
+    final_unet = UNetSpatioTemporalConditionModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
+    for name, param in final_unet.named_parameters():
+        param.requires_grad_(TRAINABLE_MARKER in name)
+    load_trainable_state_dict(final_unet, trainable_state_dict(accelerator.unwrap_model(unet)), "trained UNet")
+    pipeline = StableVideoDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, unet=final_unet)
+    pipeline.save_pretrained(args.output_dir)
+    logger.info("Saved the fine-tuned pipeline to %s", args.output_dir)
+
+
+def main(argv=None):
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    from genex.conditioning import (
+        add_time_ids,
+        clip_image_embedding,
+        conditioning_dropout_masks,
+        encode_cond_latents,
+        encode_video_latents,
+        fps_id_for,
+    )
+    from genex.data import FrameFolderDataset
+    from genex.edm import append_dims, denoise, edm_loss, sample_cond_sigma, sample_sigma
+    from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, spherical_contrastive_loss
+
+    args = parse_args(argv)
+    accelerator = create_accelerator(args)
+    setup_logging(accelerator, args.output_dir)
+    logger.info(accelerator.state)
+    if args.seed is not None:
+        set_seed(args.seed)
+    allow_tf32(args.allow_tf32)
+
+    # Models: frozen VAE and image encoder in the weight dtype; only temporal blocks train.
+    feature_extractor, image_encoder, vae, unet = load_models(args)
+    check_resolution(args, vae, unet)
+    dtype = weight_dtype(accelerator)
+    vae.requires_grad_(False).to(accelerator.device, dtype=dtype)
+    image_encoder.requires_grad_(False).to(accelerator.device, dtype=dtype)
+    trainable = freeze_all_but_temporal_blocks(unet, dtype)
+    enable_memory_efficient_attention(unet, args.enable_xformers_memory_efficient_attention)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    ema, ema_names = create_ema(trainable, args.ema_decay) if args.use_ema else (None, None)
+    logger.info("Training %.1f M of %.1f M UNet parameters", sum(p.numel() for _, p in trainable) / 1e6, sum(p.numel() for p in unet.parameters()) / 1e6)
+
+    # Data, optimizer and schedule.
+    dataset = FrameFolderDataset(args.base_folder, args.num_frames, args.width, args.height, seed=args.seed or 0)
+    dataloader = DataLoader(dataset, batch_size=args.per_gpu_batch_size, shuffle=True, num_workers=args.num_workers)
+    optimizer = create_optimizer([p for _, p in trainable], args, accelerator.num_processes, args.per_gpu_batch_size)
+    max_train_steps, num_train_epochs, steps_per_epoch = training_length(args, math.ceil(len(dataloader) / accelerator.num_processes))
+    lr_scheduler = create_lr_scheduler(optimizer, args, max_train_steps, accelerator.num_processes)
+    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    register_trainable_weights_hooks(accelerator)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("genex_explorer", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    # Resume: step count, optimizer, LR schedule, EMA, RNG and the position in the epoch.
+    global_step, first_epoch, batches_to_skip = 0, 0, 0
+    resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if resume_path is not None:
+        global_step = load_checkpoint(accelerator, resume_path, ema, ema_names)
+        first_epoch = global_step // steps_per_epoch
+        batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        logger.info("Resumed from %s at step %d", resume_path, global_step)
+
+    logger.info("%d clips, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation",
+                len(dataset), num_train_epochs, max_train_steps, args.per_gpu_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
+    fps_id = fps_id_for(args.fps)
+    progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    for epoch in range(first_epoch, num_train_epochs):
+        dataset.set_epoch(epoch)
+        dataloader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(dataloader, batches_to_skip) if epoch == first_epoch and batches_to_skip else dataloader
+        for batch in batches:
+            with accelerator.accumulate(unet):
+                # Encode: clean latents z0, the noise-augmented conditioning frame, its CLIP embedding.
+                frames = batch["pixel_values"].to(accelerator.device, dtype=dtype)
+                batch_size = frames.shape[0]
+                with torch.no_grad():
+                    z0 = encode_video_latents(vae, frames).float()
+                    cond_sigma = sample_cond_sigma((batch_size,), device=accelerator.device)
+                    cond_latents = encode_cond_latents(vae, frames[:, 0], cond_sigma.to(dtype), args.num_frames).float()
+                    clip_embedding = clip_image_embedding(image_encoder, feature_extractor, frames[:, 0]).float()
+
+                # Conditioning dropout, so classifier-free guidance works at inference.
+                keep_clip, keep_latent = conditioning_dropout_masks(batch_size, args.conditioning_dropout_prob, device=accelerator.device)
+                clip_embedding = clip_embedding * append_dims(keep_clip, clip_embedding.ndim)
+                cond_latents = cond_latents * append_dims(keep_latent, cond_latents.ndim)
+
+                # Noise at a log-normal sigma and predict the clean latents.
+                sigma = sample_sigma((batch_size,), args.p_mean, args.p_std, device=accelerator.device)
+                noisy = z0 + append_dims(sigma, z0.ndim) * torch.randn_like(z0)
+                time_ids = add_time_ids(fps_id, args.motion_bucket_id, cond_sigma).to(accelerator.device)
+                D = denoise(unet, noisy, sigma, cond_latents, clip_embedding, time_ids)
+                loss_edm = edm_loss(D, z0, sigma)
+                logs = {"loss_edm": loss_edm.detach().item()}
+
+                # Spherical contrastive loss on the decoded x0 estimate, rotated in yaw.
+                loss = loss_edm
+                if args.scl_loss:
+                    x_pred = decode_x0(vae, D.to(dtype), args.decode_chunk_size)
+                    thetas = sample_yaw_angles(args.num_scl_samples)
+                    loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, lambda x: encode_video_latents(vae, x).float())
+                    beta = args.scl_beta if args.scl_beta is not None else scl_beta_released(global_step, max_train_steps)
+                    loss, beta_used = combine_edm_scl(loss_edm, loss_scl, beta)
+                    logs.update(loss_scl=loss_scl.detach().item(), scl_beta=float(beta_used))
+
+                # Step (gradients are averaged across processes by DDP).
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    logs["grad_norm"] = float(accelerator.clip_grad_norm_([p for _, p in trainable], args.max_grad_norm))
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if not accelerator.sync_gradients:
+                continue
+            # EMA, logging, checkpoint and validation happen once per optimizer step.
+            if ema is not None:
+                ema.step([p for _, p in trainable])
+            global_step += 1
+            progress.update(1)
+            logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names)
+            is_last = global_step >= max_train_steps
+            if args.validation_images_folder and (global_step % args.validation_steps == 0 or is_last) and accelerator.is_main_process:
+                with ema_weights_swapped_in(ema, [p for _, p in trainable]):
+                    validate(args, accelerator, unet, vae, image_encoder, feature_extractor, global_step)
+            if is_last:
+                break
+        if global_step >= max_train_steps:
+            break
+
+    # Save: the EMA weights if used, inside a complete pipeline folder.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with ema_weights_swapped_in(ema, [p for _, p in trainable]):
+            save_final_pipeline(args, accelerator, unet)
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    run_cli(main)
