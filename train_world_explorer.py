@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.checkpoints import load_checkpoint, register_trainable_weights_hooks, resolve_resume_checkpoint, save_checkpoint
+from common.conditioning import conditioning_dropout_masks
 from common.trackers import log_validation_videos
 from common.training import (
     SetupError,
@@ -168,7 +169,6 @@ def main(argv=None):
     from genex.conditioning import (
         add_time_ids,
         clip_image_embedding,
-        conditioning_dropout_masks,
         encode_cond_latents,
         encode_video_latents,
         fps_id_for,

@@ -1,0 +1,303 @@
+"""Train InstructPix2Pix to predict a future Something-Something V2 frame (PECN).
+
+    accelerate launch train_instruct_pix2pix.py --pretrained_model_name_or_path=timbrooks/instruct-pix2pix \
+        --resolution=128 --input_frame_idx=20 --target_frame_idx=21 --add_progress --output_dir=outputs/instruct_pix2pix_128
+
+Pairs are (frame --input_frame_idx, frame --target_frame_idx) of the filtered SSv2 videos, with the
+prompt "Generate a future frame of this action: <label>[. And <p>% of the action has been completed.]".
+The structure and flags follow diffusers' examples/instruct_pix2pix/train_instruct_pix2pix.py.
+"""
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from common.checkpoints import load_checkpoint, register_trainable_weights_hooks, resolve_resume_checkpoint, save_checkpoint
+from common.conditioning import conditioning_dropout_masks
+from common.trackers import log_validation_images
+from common.training import (
+    SetupError,
+    add_shared_training_args,
+    allow_tf32,
+    check_shared_args,
+    create_accelerator,
+    create_ema,
+    create_lr_scheduler,
+    create_optimizer,
+    ema_weights_swapped_in,
+    enable_memory_efficient_attention,
+    run_cli,
+    setup_logging,
+    training_length,
+    weight_dtype,
+)
+
+logger = logging.getLogger("train_instruct_pix2pix")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("model and data")
+    group.add_argument("--pretrained_model_name_or_path", type=str, required=True, help="InstructPix2Pix (8-channel UNet) or Stable Diffusion text-to-image (4-channel UNet, conv_in is grown to 8) folder or hub id.")
+    group.add_argument("--data_root", type=str, default="data/sthv2", help="SSv2 root written by pecn.dataset and pecn.video_loader.")
+    group.add_argument("--frames_dir", type=str, default=None, help="Extracted frames; default <data_root>/frames_<resolution>x<resolution>.")
+    group.add_argument("--train_annotations", type=str, default=None, help="Default <data_root>/annotations/train_filtered.json.")
+    group.add_argument("--val_annotations", type=str, default=None, help="Default <data_root>/annotations/val_filtered.json.")
+    group.add_argument("--input_frame_idx", type=int, default=20, help="0-based index of the input frame N.")
+    group.add_argument("--target_frame_idx", type=int, default=21, help="0-based index of the frame to predict, N+T.")
+    group.add_argument("--add_progress", action="store_true", help='Append ". And <p>% of the action has been completed." to the prompt.')
+    group.add_argument("--max_train_samples", type=int, default=None, help="Use only the first this many training pairs (quick tests).")
+    group.add_argument("--resolution", type=int, default=128, help="Square training resolution; frames of another size are resized.")
+    group.add_argument("--random_flip", action="store_true", help="Mirror pairs horizontally, swapping left and right in the prompt to match.")
+    group.add_argument("--train_batch_size", type=int, default=16, help="Pairs per process per batch.")
+    group.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
+    group.add_argument("--conditioning_dropout_prob", type=float, default=0.05, help="p: text dropped for u < 2p, input image for p <= u < 3p (classifier-free guidance).")
+
+    group = parser.add_argument_group("validation")
+    group.add_argument("--num_validation_images", type=int, default=4, help="Validate on the first this many validation pairs.")
+    group.add_argument("--validation_epochs", type=int, default=1, help="Validate every this many epochs (and at the end).")
+    group.add_argument("--validation_num_inference_steps", type=int, default=20, help="Sampling steps of validation predictions.")
+    group.add_argument("--validation_image_guidance_scale", type=float, default=1.5, help="Image guidance scale of validation predictions.")
+    group.add_argument("--validation_guidance_scale", type=float, default=7.0, help="Text guidance scale of validation predictions.")
+    add_shared_training_args(parser)
+    args = parser.parse_args(argv)
+    check_shared_args(args)
+    root = Path(args.data_root)
+    args.frames_dir = args.frames_dir or str(root / f"frames_{args.resolution}x{args.resolution}")
+    args.train_annotations = args.train_annotations or str(root / "annotations" / "train_filtered.json")
+    args.val_annotations = args.val_annotations or str(root / "annotations" / "val_filtered.json")
+    if args.input_frame_idx >= args.target_frame_idx:
+        raise SetupError(f"--target_frame_idx ({args.target_frame_idx}) must come after --input_frame_idx ({args.input_frame_idx})")
+    return args
+
+
+def load_models(args):
+    """Scheduler, tokenizer, text encoder, VAE and UNet of a Stable Diffusion family folder."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from pecn.unet import expand_conv_in
+
+    path = args.pretrained_model_name_or_path
+    try:
+        noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+    except (OSError, ValueError) as error:
+        raise SetupError(f"{path}: not a Stable Diffusion / InstructPix2Pix pipeline folder ({str(error).splitlines()[0]})") from None
+    # InstructPix2Pix conditions on the input image latents: 4 noisy + 4 image channels.
+    return noise_scheduler, tokenizer, text_encoder, vae, expand_conv_in(unet)
+
+
+def mirror_prompt(prompt: str) -> str:
+    """Swap 'left' and 'right' so a horizontally flipped pair is still described truthfully."""
+    return " ".join({"left": "right", "right": "left"}.get(word, word) for word in prompt.split(" "))
+
+
+def make_preprocess(args, tokenizer):
+    """HF Datasets transform: PIL pairs to [-1,1] tensors and prompts to token ids."""
+
+    def to_tensor(image):
+        image = image.convert("RGB")
+        if image.size != (args.resolution, args.resolution):
+            image = image.resize((args.resolution, args.resolution), resample=3)
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+    def preprocess(examples):
+        originals = [to_tensor(image) for image in examples["input_image"]]
+        edited = [to_tensor(image) for image in examples["edited_image"]]
+        prompts = list(examples["edit_prompt"])
+        if args.random_flip:
+            for i in range(len(prompts)):
+                if torch.rand(()) < 0.5:
+                    originals[i], edited[i] = originals[i].flip(-1), edited[i].flip(-1)
+                    prompts[i] = mirror_prompt(prompts[i])
+        input_ids = tokenizer(prompts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        return {"original_pixel_values": originals, "edited_pixel_values": edited, "input_ids": list(input_ids)}
+
+    return preprocess
+
+
+def collate(examples):
+    return {key: torch.stack([example[key] for example in examples]) for key in ("original_pixel_values", "edited_pixel_values", "input_ids")}
+
+
+def diffusion_target(noise_scheduler, latents, noise, timesteps):
+    """What the UNet regresses: the noise (epsilon) or the velocity, per the scheduler's prediction type."""
+    if noise_scheduler.config.prediction_type == "epsilon":
+        return noise
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise SetupError(f"unknown prediction type {noise_scheduler.config.prediction_type}")
+
+
+def comparison_grid(images) -> np.ndarray:
+    """[input | ground truth | prediction] side by side, uint8 HWC."""
+    size = images[0].size
+    return np.concatenate([np.asarray(image.convert("RGB").resize(size)) for image in images], axis=1)
+
+
+def load_pipeline(args, unet, **components):
+    """An InstructPix2Pix pipeline around `unet`, with the base folder's own sampling scheduler."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    return StableDiffusionInstructPix2PixPipeline.from_pretrained(
+        args.pretrained_model_name_or_path, unet=unet, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **components
+    )
+
+
+def validate(args, accelerator, pipeline, val_dataset, epoch: int, step: int) -> None:
+    """Predict the first validation pairs; save and log [input | ground truth | prediction] grids."""
+    from PIL import Image
+
+    pipeline.set_progress_bar_config(disable=True)
+    folder = Path(args.output_dir) / "validation" / f"epoch_{epoch:03d}_step_{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed or 0)
+    grids = {}
+    with torch.autocast(accelerator.device.type, enabled=accelerator.mixed_precision != "no"):
+        for example in val_dataset.select(range(min(args.num_validation_images, len(val_dataset)))):
+            prediction = pipeline(
+                example["edit_prompt"], image=example["input_image"], num_inference_steps=args.validation_num_inference_steps,
+                image_guidance_scale=args.validation_image_guidance_scale, guidance_scale=args.validation_guidance_scale, generator=generator,
+            ).images[0]
+            name = f"{example['id']}"
+            grids[name] = comparison_grid([example["input_image"], example["edited_image"], prediction])
+            Image.fromarray(grids[name]).save(folder / f"{name}.png")
+    log_validation_images(accelerator, grids, step)
+    logger.info("Validation grids [input | ground truth | prediction] of epoch %d in %s", epoch, folder)
+
+
+def main(argv=None):
+    from accelerate.utils import set_seed
+
+    from pecn.pairs import build_pair_dataset
+
+    args = parse_args(argv)
+    accelerator = create_accelerator(args)
+    setup_logging(accelerator, args.output_dir)
+    logger.info(accelerator.state)
+    if args.seed is not None:
+        set_seed(args.seed)
+    allow_tf32(args.allow_tf32)
+
+    # Models: frozen VAE and text encoder in the weight dtype; the whole UNet trains.
+    noise_scheduler, tokenizer, text_encoder, vae, unet = load_models(args)
+    dtype = weight_dtype(accelerator)
+    vae.requires_grad_(False).to(accelerator.device, dtype=dtype)
+    text_encoder.requires_grad_(False).to(accelerator.device, dtype=dtype)
+    unet.train()
+    enable_memory_efficient_attention(unet, args.enable_xformers_memory_efficient_attention)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    trainable = list(unet.named_parameters())
+    ema, ema_names = create_ema(trainable, args.ema_decay) if args.use_ema else (None, None)
+
+    # Data: (frame N, frame N+T, prompt) pairs through the HF Datasets adapter.
+    pair_args = dict(frames_dir=args.frames_dir, input_frame_idx=args.input_frame_idx, target_frame_idx=args.target_frame_idx, add_progress=args.add_progress)
+    with accelerator.main_process_first():
+        train_dataset = build_pair_dataset(args.train_annotations, max_samples=args.max_train_samples, **pair_args)
+        val_dataset = build_pair_dataset(args.val_annotations, max_samples=args.num_validation_images, **pair_args) if args.num_validation_images > 0 else None
+    train_dataset = train_dataset.with_transform(make_preprocess(args, tokenizer))
+    dataloader = torch.utils.data.DataLoader(train_dataset, shuffle=True, collate_fn=collate, batch_size=args.train_batch_size, num_workers=args.dataloader_num_workers)
+    null_prompt_ids = tokenizer([""], max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        null_text_embedding = text_encoder(null_prompt_ids.to(accelerator.device))[0].float()
+
+    optimizer = create_optimizer(unet.parameters(), args, accelerator.num_processes, args.train_batch_size)
+    max_train_steps, num_train_epochs, steps_per_epoch = training_length(args, math.ceil(len(dataloader) / accelerator.num_processes))
+    lr_scheduler = create_lr_scheduler(optimizer, args, max_train_steps, accelerator.num_processes)
+    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    register_trainable_weights_hooks(accelerator)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("instruct_pix2pix", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    # Resume: step count, optimizer, LR schedule, EMA, RNG and the position in the epoch.
+    global_step, first_epoch, batches_to_skip = 0, 0, 0
+    resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if resume_path is not None:
+        global_step = load_checkpoint(accelerator, resume_path, ema, ema_names)
+        first_epoch = global_step // steps_per_epoch
+        batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        logger.info("Resumed from %s at step %d", resume_path, global_step)
+
+    logger.info("%d pairs, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation",
+                len(train_dataset), num_train_epochs, max_train_steps, args.train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
+    progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    for epoch in range(first_epoch, num_train_epochs):
+        dataloader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(dataloader, batches_to_skip) if epoch == first_epoch and batches_to_skip else dataloader
+        for batch in batches:
+            with accelerator.accumulate(unet):
+                # Encode: target latents (sampled, scaled), input-image latents (mode, unscaled), prompts.
+                with torch.no_grad():
+                    latents = vae.encode(batch["edited_pixel_values"].to(dtype)).latent_dist.sample().float() * vae.config.scaling_factor
+                    original_latents = vae.encode(batch["original_pixel_values"].to(dtype)).latent_dist.mode().float()
+                    text_embedding = text_encoder(batch["input_ids"])[0].float()
+
+                # Conditioning dropout, so classifier-free guidance works on text and image.
+                keep_text, keep_image = conditioning_dropout_masks(latents.shape[0], args.conditioning_dropout_prob, device=latents.device)
+                text_embedding = torch.where(keep_text[:, None, None].bool(), text_embedding, null_text_embedding)
+                original_latents = original_latents * keep_image[:, None, None, None]
+
+                # Noise at a uniform timestep and predict.
+                noise = torch.randn_like(latents)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device).long()
+                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+                prediction = unet(torch.cat([noisy_latents, original_latents], dim=1), timesteps, text_embedding, return_dict=False)[0]
+                loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
+
+                # Step (gradients are averaged across processes by DDP).
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if not accelerator.sync_gradients:
+                continue
+            # EMA, logging and checkpoint happen once per optimizer step.
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            global_step += 1
+            progress.update(1)
+            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            accelerator.log(logs, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names)
+            if global_step >= max_train_steps:
+                break
+
+        # Validation every --validation_epochs epochs and at the end, with the EMA weights if used.
+        is_last = global_step >= max_train_steps or epoch == num_train_epochs - 1
+        if val_dataset is not None and accelerator.is_main_process and ((epoch + 1) % args.validation_epochs == 0 or is_last):
+            with ema_weights_swapped_in(ema, list(accelerator.unwrap_model(unet).parameters())):
+                pipeline = load_pipeline(args, accelerator.unwrap_model(unet), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+                validate(args, accelerator, pipeline, val_dataset, epoch, global_step)
+        if global_step >= max_train_steps:
+            break
+
+    # Save: a complete InstructPix2Pix pipeline folder, with the EMA weights if used.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(unet)
+        with ema_weights_swapped_in(ema, list(unet.parameters())):
+            load_pipeline(args, unet).save_pretrained(args.output_dir)
+        logger.info("Saved the InstructPix2Pix pipeline to %s", args.output_dir)
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    run_cli(main)
