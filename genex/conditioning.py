@@ -1,0 +1,77 @@
+"""SVD's conditioning inputs for training, built as StableVideoDiffusionPipeline builds them at inference.
+
+Frames are `[B,3,H,W]` (or videos `[B,F,3,H,W]`) in [-1, 1].
+"""
+
+import torch
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+
+from genex.edm import append_dims
+
+CLIP_INPUT_SIZE = (224, 224)
+
+
+def clip_image_embedding(image_encoder, feature_extractor, frames: torch.Tensor) -> torch.Tensor:
+    """CLIP image embedding [B,1,D] of `frames` [B,3,H,W] in [-1,1], as the pipeline's `_encode_image`."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be [B,3,H,W], got shape {tuple(frames.shape)}")
+    # The pipeline resizes in [-1,1] with an antialiasing blur (matching generative-models), then normalises in [0,1].
+    pixels = (_resize_with_antialiasing(frames, CLIP_INPUT_SIZE) + 1.0) / 2.0
+    mean = torch.tensor(feature_extractor.image_mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(feature_extractor.image_std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
+    pixels = (pixels - mean) / std
+    dtype = next(image_encoder.parameters()).dtype
+    return image_encoder(pixels.to(dtype)).image_embeds.unsqueeze(1)
+
+
+def fps_id_for(fps: int) -> int:
+    """The fps micro-conditioning value for a video played at `fps`."""
+    # SVD was conditioned on fps - 1, and the pipeline subtracts 1 from its `fps` argument: train on the same value.
+    if fps < 1:
+        raise ValueError(f"fps must be >= 1, got {fps}")
+    return fps - 1
+
+
+def add_time_ids(fps_id: int, motion_bucket_id: int, cond_sigma: torch.Tensor) -> torch.Tensor:
+    """SVD's added_time_ids, one row [fps_id, motion_bucket_id, cond_sigma] per sample: [B,3]."""
+    if cond_sigma.ndim != 1:
+        raise ValueError(f"cond_sigma must be [B], got shape {tuple(cond_sigma.shape)}")
+    fps_ids = torch.full_like(cond_sigma, float(fps_id))
+    motion_bucket_ids = torch.full_like(cond_sigma, float(motion_bucket_id))
+    return torch.stack([fps_ids, motion_bucket_ids, cond_sigma], dim=1)
+
+
+def conditioning_dropout_masks(batch_size: int, p: float, generator=None, device=None):
+    """Per-sample (keep_clip_embedding, keep_cond_latent) bool masks [B] for classifier-free guidance."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"conditioning dropout probability must be in [0, 1], got {p}")
+    # InstructPix2Pix (Brooks et al. 2023): u < 2p drops the CLIP embedding, p <= u < 3p the conditioning latent,
+    # so each alone is dropped with probability p and both together with probability p.
+    u = torch.rand(batch_size, generator=generator, device=device)
+    keep_clip_embedding = u >= 2 * p
+    keep_cond_latent = (u < p) | (u >= 3 * p)
+    return keep_clip_embedding, keep_cond_latent
+
+
+def encode_cond_latents(vae, first_frame: torch.Tensor, cond_sigma: torch.Tensor, num_frames: int, generator=None) -> torch.Tensor:
+    """Latents [B,F,4,h,w] of the noise-augmented first frame, unscaled, repeated over `num_frames`."""
+    if first_frame.ndim != 4:
+        raise ValueError(f"first_frame must be [B,3,H,W], got shape {tuple(first_frame.shape)}")
+    if cond_sigma.shape != first_frame.shape[:1]:
+        raise ValueError(f"cond_sigma must be [B] = [{first_frame.shape[0]}], got shape {tuple(cond_sigma.shape)}")
+    noise = torch.randn(first_frame.shape, generator=generator, device=first_frame.device, dtype=first_frame.dtype)
+    noisy_frame = first_frame + append_dims(cond_sigma, first_frame.ndim) * noise
+    # The pipeline's _encode_vae_image takes the mode and does not multiply by scaling_factor.
+    latents = vae.encode(noisy_frame.to(vae.dtype)).latent_dist.mode()
+    return latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
+
+
+def encode_video_latents(vae, frames: torch.Tensor, generator=None, chunk_size: int = 8) -> torch.Tensor:
+    """Scaled latents z0 [B,F,4,h,w] of `frames` [B,F,3,H,W], encoded `chunk_size` frames at a time."""
+    if frames.ndim != 5:
+        raise ValueError(f"frames must be [B,F,3,H,W], got shape {tuple(frames.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    pixels = frames.flatten(0, 1).to(vae.dtype)
+    latents = torch.cat([vae.encode(chunk).latent_dist.sample(generator) for chunk in pixels.split(chunk_size)])
+    return (latents * vae.config.scaling_factor).unflatten(0, frames.shape[:2])
