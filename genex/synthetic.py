@@ -219,8 +219,8 @@ def render_panorama(
 
 def render_forward_video(num_frames: int, width: int, height: int, seed: int = 0, step: float = DEFAULT_STEP, scene_type: str = "realistic") -> np.ndarray:
     """Frames uint8 [T, H, W, 3] of a camera walking `step` world units forward (+z) per frame."""
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if num_frames < 1 or step <= 0:
+        raise ValueError(f"need num_frames >= 1 and a forward step > 0, got {num_frames} frames, step {step}")
     room = make_room(seed, scene_type, path_length=step * (num_frames - 1))
     return np.stack([render_room(room, width, height, (0.0, CAMERA_HEIGHT, step * t)) for t in range(num_frames)])
 
