@@ -1,0 +1,173 @@
+"""Yaw rotation of equirectangular panoramas, the decoded x0 estimate and the Spherical Contrastive Loss."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genex.spherical import (
+    combine_edm_scl,
+    decode_x0,
+    rotate_yaw,
+    sample_yaw_angles,
+    scl_beta_released,
+    spherical_contrastive_loss,
+    yaw_shift_pixels,
+)
+from genex.tiny import build_tiny_svd_pipeline
+
+
+def smooth_panorama(width, height=4, longitude_offset=0.0):
+    """[3,H,W] panorama from a 2*pi-periodic function of longitude; |df/dlon| <= 2.5."""
+    longitude = 2 * math.pi * torch.arange(width, dtype=torch.float64) / width + longitude_offset
+    f = torch.sin(longitude) + 0.5 * torch.cos(3 * longitude + 0.3)
+    return torch.stack([c * f for c in (1.0, -0.5, 0.25)])[:, None, :].expand(3, height, width).clone()
+
+
+def neighbour_differences(x):
+    """|x[..., j+1] - x[..., j]| for every column j, the last one paired with column 0 (the seam)."""
+    return (torch.cat([x[..., 1:], x[..., :1]], dim=-1) - x).abs()
+
+
+def test_yaw_shift_pixels_hand_values():
+    assert yaw_shift_pixels(90, 1024) == 256
+    assert yaw_shift_pixels(-90, 1024) == 768
+    assert yaw_shift_pixels(360, 100) == 0
+    assert yaw_shift_pixels(10, 64) == 2  # 1.78 columns
+    assert yaw_shift_pixels(179.9, 1024) == 512  # 511.7 columns
+    with pytest.raises(ValueError, match="width"):
+        yaw_shift_pixels(10, 0)
+
+
+def test_full_turn_is_identity():
+    x = torch.randn(2, 3, 3, 5, 37)
+    for theta in (360.0, -360.0, 720.0, 0.0):
+        assert torch.equal(rotate_yaw(x, theta), x)
+    image = np.random.default_rng(0).integers(0, 256, (5, 37, 3), dtype=np.uint8)
+    assert np.array_equal(rotate_yaw(image, 360.0, width_axis=1), image)
+
+
+def test_rotations_compose():
+    x = torch.randn(3, 4, 72)  # 5 degrees per column
+    assert torch.equal(rotate_yaw(rotate_yaw(x, 35.0), 340.0), rotate_yaw(x, 375.0))
+    assert torch.equal(rotate_yaw(rotate_yaw(x, 35.0), 340.0), torch.from_numpy(np.roll(x.numpy(), 3, axis=-1)))
+    # Arbitrary angles: shifts add modulo the width.
+    x = torch.randn(3, 4, 64)
+    for a, b in ((13.3, 101.7), (179.9, 0.4), (-33.3, 250.1)):
+        shift = (yaw_shift_pixels(a, 64) + yaw_shift_pixels(b, 64)) % 64
+        assert torch.equal(rotate_yaw(rotate_yaw(x, a), b), torch.from_numpy(np.roll(x.numpy(), shift, axis=-1)))
+
+
+def test_numpy_hwc_image_moves_columns_right_by_the_shift():
+    image = np.random.default_rng(1).integers(0, 256, (6, 40, 3), dtype=np.uint8)
+    rotated = rotate_yaw(image, 45.0, width_axis=1)
+    shift = 5  # 45 / 360 * 40
+    for j in range(40):
+        assert np.array_equal(rotated[:, (j + shift) % 40], image[:, j])
+
+
+def test_seam_stays_continuous_and_rotation_is_a_longitude_shift():
+    width = 90
+    panorama = smooth_panorama(width)
+    bound = 2.5 * 2 * math.pi / width  # max |f'| times the longitude step
+    assert neighbour_differences(panorama).max() <= bound
+    for theta in (37.0, 123.4, 250.0, -75.5):
+        rotated = rotate_yaw(panorama, theta)
+        assert neighbour_differences(rotated).max() <= bound
+        # The rotated panorama is the same function sampled at longitudes moved by the shift.
+        shift = yaw_shift_pixels(theta, width)
+        expected = smooth_panorama(width, longitude_offset=-2 * math.pi * shift / width)
+        torch.testing.assert_close(rotated, expected)
+    # A non-circular shift (the columns that leave are replaced by the edge) breaks the seam: the check can fail.
+    clamped = torch.cat([panorama[..., :1].expand(3, 4, 30), panorama[..., :-30]], dim=-1)
+    assert neighbour_differences(clamped).max() > bound
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        torch.tanh,
+        lambda x: x.flip(-2),
+        lambda x: x - x.mean(dim=-2, keepdim=True),
+        lambda x: torch.einsum("dc,...chw->...dhw", torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]]), x),
+    ],
+    ids=["elementwise", "vertical_flip", "column_centering", "channel_mixing"],
+)
+def test_rotation_commutes_with_per_column_ops(op):
+    x = torch.randn(2, 3, 6, 50)
+    torch.testing.assert_close(rotate_yaw(op(x), 77.0), op(rotate_yaw(x, 77.0)))
+
+
+def test_sample_yaw_angles():
+    angles = sample_yaw_angles(3, generator=torch.Generator().manual_seed(0))
+    assert len(angles) == 3 and angles == sample_yaw_angles(3, generator=torch.Generator().manual_seed(0))
+    many = np.array(sample_yaw_angles(100_000, generator=torch.Generator().manual_seed(1)))
+    assert many.min() >= 0.0 and many.max() < 180.0
+    assert many.mean() == pytest.approx(90.0, abs=0.5)
+
+
+def column_ramp_encoder(pixels):
+    """A toy 'encoder' that weights columns unequally, so the loss depends on the rotation."""
+    width = pixels.shape[-1]
+    return pixels * torch.arange(1, width + 1, dtype=pixels.dtype)
+
+
+def test_scl_hand_value_zero_and_gradients():
+    generator = torch.Generator().manual_seed(2)
+    x0 = torch.randn(2, 3, 3, 4, 8, generator=generator, dtype=torch.float64).requires_grad_()
+    x_pred = torch.randn(2, 3, 3, 4, 8, generator=generator, dtype=torch.float64).requires_grad_()
+    sigma = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    thetas = [45.0, 90.0]  # 1 and 2 columns of 8
+
+    loss = spherical_contrastive_loss(x_pred, x0, sigma, thetas, column_ramp_encoder)
+
+    difference = (x_pred - x0).detach().numpy()
+    ramp = np.arange(1, 9)
+    weight = ((1 + sigma**2) / sigma**2).numpy()[:, None, None, None, None]
+    expected = np.mean([np.mean(weight * (ramp * np.roll(difference, s, axis=-1)) ** 2) for s in (1, 2)])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)  # edm_loss reduces in float32
+
+    loss.backward()
+    assert x0.grad is None
+    assert x_pred.grad is not None and x_pred.grad.abs().sum() > 0
+
+    same = spherical_contrastive_loss(x0.detach(), x0.detach(), sigma, thetas, column_ramp_encoder)
+    assert same.item() == 0.0
+    with pytest.raises(ValueError, match="yaw angle"):
+        spherical_contrastive_loss(x_pred, x0, sigma, [], column_ramp_encoder)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_tiny_svd_pipeline(seed=0)
+
+
+def test_decode_x0_matches_pipeline_decode_latents_with_gradients(pipe):
+    latents = torch.randn(2, 5, 4, 8, 8, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    pixels = decode_x0(pipe.vae, latents, decode_chunk_size=2)
+    assert pixels.shape == (2, 5, 3, 16, 16)
+    with torch.no_grad():
+        for i in range(2):
+            # The pipeline returns [B,C,F,H,W]; its chunks follow one video at a time for batch 1.
+            expected = pipe.decode_latents(latents[i : i + 1], num_frames=5, decode_chunk_size=2)
+            torch.testing.assert_close(pixels[i : i + 1], expected.permute(0, 2, 1, 3, 4), rtol=1e-5, atol=1e-5)
+    pixels[0, 4].sum().backward()
+    assert latents.grad[0, 4].abs().sum() > 0
+    assert latents.grad[1].abs().sum() == 0
+
+
+def test_released_beta_schedule_hand_values():
+    assert scl_beta_released(0, 1000) == pytest.approx(0.05)
+    assert scl_beta_released(250, 1000) == pytest.approx(0.525)
+    assert scl_beta_released(500, 1000) == pytest.approx(1.0)
+    assert scl_beta_released(900, 1000) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="max_train_steps"):
+        scl_beta_released(0, 0)
+
+
+def test_combination_and_the_ten_times_rule():
+    loss, beta = combine_edm_scl(torch.tensor(1.0), torch.tensor(10.0), 0.3)
+    assert beta == 0.3 and loss.item() == pytest.approx(0.7 * 1.0 + 0.3 * 10.0)
+    loss, beta = combine_edm_scl(torch.tensor(1.0), torch.tensor(10.5), 0.3)
+    assert beta == 0.0 and loss.item() == pytest.approx(1.0)
