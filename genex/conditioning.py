@@ -15,8 +15,8 @@ def clip_image_embedding(image_encoder, feature_extractor, frames: torch.Tensor)
     """CLIP image embedding [B,1,D] of `frames` [B,3,H,W] in [-1,1], as the pipeline's `_encode_image`."""
     if frames.ndim != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [B,3,H,W], got shape {tuple(frames.shape)}")
-    # The pipeline resizes in [-1,1] with an antialiasing blur (matching generative-models), then normalises in [0,1].
-    pixels = (_resize_with_antialiasing(frames, CLIP_INPUT_SIZE) + 1.0) / 2.0
+    # The pipeline resizes in float32 in [-1,1] with an antialiasing blur (as generative-models), normalises in [0,1].
+    pixels = (_resize_with_antialiasing(frames.float(), CLIP_INPUT_SIZE) + 1.0) / 2.0
     mean = torch.tensor(feature_extractor.image_mean, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
     std = torch.tensor(feature_extractor.image_std, device=pixels.device, dtype=pixels.dtype).view(1, 3, 1, 1)
     pixels = (pixels - mean) / std
@@ -59,8 +59,9 @@ def encode_cond_latents(vae, first_frame: torch.Tensor, cond_sigma: torch.Tensor
         raise ValueError(f"first_frame must be [B,3,H,W], got shape {tuple(first_frame.shape)}")
     if cond_sigma.shape != first_frame.shape[:1]:
         raise ValueError(f"cond_sigma must be [B] = [{first_frame.shape[0]}], got shape {tuple(cond_sigma.shape)}")
-    noise = torch.randn(first_frame.shape, generator=generator, device=first_frame.device, dtype=first_frame.dtype)
-    noisy_frame = first_frame + append_dims(cond_sigma, first_frame.ndim) * noise
+    # Noise is added in float32, as the pipeline adds it to its float32 preprocessed image.
+    noise = torch.randn(first_frame.shape, generator=generator, device=first_frame.device)
+    noisy_frame = first_frame.float() + append_dims(cond_sigma.float(), first_frame.ndim) * noise
     # The pipeline's _encode_vae_image takes the mode and does not multiply by scaling_factor.
     latents = vae.encode(noisy_frame.to(vae.dtype)).latent_dist.mode()
     return latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)

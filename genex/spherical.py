@@ -72,9 +72,9 @@ def scl_beta_released(step: int, max_train_steps: int) -> float:
 
 
 def combine_edm_scl(l_edm: torch.Tensor, l_scl: torch.Tensor, beta: float):
-    """(alpha * L_edm + beta * L_scl with alpha = 1 - beta, beta used); beta is 0 when L_scl > 10 L_edm."""
+    """(alpha * L_edm + beta * L_scl with alpha = 1 - beta, beta used) for scalar losses; beta is 0 when L_scl > 10 L_edm."""
     # GenEx skips the SCL term for a step where it would swamp the denoising loss.
-    if float(l_scl) > 10 * float(l_edm):
+    if l_scl.item() > 10 * l_edm.item():
         beta = 0.0
     alpha = 1.0 - beta
     return alpha * l_edm + beta * l_scl, beta
