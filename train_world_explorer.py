@@ -257,7 +257,7 @@ def main(argv=None):
                 if args.scl_loss:
                     x_pred = decode_x0(vae, D.to(dtype), args.decode_chunk_size)
                     thetas = sample_yaw_angles(args.num_scl_samples)
-                    loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, lambda x: encode_video_latents(vae, x).float())
+                    loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, lambda x: encode_video_latents(vae, x, chunk_size=args.decode_chunk_size, sample=False).float())
                     beta = args.scl_beta if args.scl_beta is not None else scl_beta_released(global_step, max_train_steps)
                     loss, beta_used = combine_edm_scl(loss_edm, loss_scl, beta)
                     logs.update(loss_scl=loss_scl.detach().item(), scl_beta=float(beta_used))

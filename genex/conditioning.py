@@ -41,18 +41,6 @@ def add_time_ids(fps_id: int, motion_bucket_id: int, cond_sigma: torch.Tensor) -
     return torch.stack([fps_ids, motion_bucket_ids, cond_sigma], dim=1)
 
 
-def conditioning_dropout_masks(batch_size: int, p: float, generator=None, device=None):
-    """Per-sample (keep_clip_embedding, keep_cond_latent) bool masks [B] for classifier-free guidance."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"conditioning dropout probability must be in [0, 1], got {p}")
-    # InstructPix2Pix (Brooks et al. 2023): u < 2p drops the CLIP embedding, p <= u < 3p the conditioning latent,
-    # so each alone is dropped with probability p and both together with probability p.
-    u = torch.rand(batch_size, generator=generator, device=device)
-    keep_clip_embedding = u >= 2 * p
-    keep_cond_latent = (u < p) | (u >= 3 * p)
-    return keep_clip_embedding, keep_cond_latent
-
-
 def encode_cond_latents(vae, first_frame: torch.Tensor, cond_sigma: torch.Tensor, num_frames: int, generator=None) -> torch.Tensor:
     """Latents [B,F,4,h,w] of the noise-augmented first frame, unscaled, repeated over `num_frames`."""
     if first_frame.ndim != 4:
@@ -67,12 +55,16 @@ def encode_cond_latents(vae, first_frame: torch.Tensor, cond_sigma: torch.Tensor
     return latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
 
 
-def encode_video_latents(vae, frames: torch.Tensor, generator=None, chunk_size: int = 8) -> torch.Tensor:
-    """Scaled latents z0 [B,F,4,h,w] of `frames` [B,F,3,H,W], encoded `chunk_size` frames at a time."""
+def encode_video_latents(vae, frames: torch.Tensor, generator=None, chunk_size: int = 8, sample: bool = True) -> torch.Tensor:
+    """Scaled latents z0 [B,F,4,h,w] of `frames` [B,F,3,H,W], encoded `chunk_size` frames at a time.
+
+    `sample=False` takes the posterior mode instead of a draw (a deterministic encoder, as SCL's E).
+    """
     if frames.ndim != 5:
         raise ValueError(f"frames must be [B,F,3,H,W], got shape {tuple(frames.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     pixels = frames.flatten(0, 1).to(vae.dtype)
-    latents = torch.cat([vae.encode(chunk).latent_dist.sample(generator) for chunk in pixels.split(chunk_size)])
+    posteriors = [vae.encode(chunk).latent_dist for chunk in pixels.split(chunk_size)]
+    latents = torch.cat([p.sample(generator) if sample else p.mode() for p in posteriors])
     return (latents * vae.config.scaling_factor).unflatten(0, frames.shape[:2])

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from common.conditioning import conditioning_dropout_masks
 from genex.conditioning import (
     add_time_ids,
     clip_image_embedding,
-    conditioning_dropout_masks,
     encode_cond_latents,
     encode_video_latents,
     fps_id_for,
