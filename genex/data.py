@@ -1,0 +1,113 @@
+"""Training clips for GenEx-Explorer: contiguous windows of frames from folders of frame images.
+
+Every folder that directly holds frame images, at any depth under `base_folder`
+(e.g. `<base>/realistic/video_00001/frame_0001.jpg` from prepare_dataset.py), is one video.
+Hidden folders are skipped: prepare_dataset.py writes unfinished videos into `.video_XXXXX.partial`.
+"""
+
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Transparent pixels become this colour (alpha composited over it), as on a plain page.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders numbers by value: frame_2 before frame_10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def find_frame_folders(base_folder) -> dict[Path, list[Path]]:
+    """Folders directly holding frame images -> their images in frame order; folders in natural order."""
+    folders = {}
+    for dirpath, dirnames, filenames in os.walk(base_folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        frames = [name for name in filenames if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")]
+        if frames:
+            folders[Path(dirpath)] = [Path(dirpath) / name for name in sorted(frames, key=natural_key)]
+    return dict(sorted(folders.items(), key=lambda item: natural_key(item[0].relative_to(base_folder).as_posix())))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB: 16-bit scaled (not clipped), alpha composited over ALPHA_BACKGROUND."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        # Pillow's convert("L") clips 16-bit values at 255; scale 0..65535 to 0..255 instead.
+        grey = np.asarray(image).astype(np.float64) / 257.0
+        return Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_frame(path: Path, width: int, height: int) -> np.ndarray:
+    """One frame as RGB uint8 [height, width, 3]."""
+    try:
+        with Image.open(path) as image:
+            image = to_rgb(image)
+    except (OSError, ValueError) as error:
+        raise OSError(f"{path}: cannot read image ({error})") from None
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
+class FrameFolderDataset(Dataset):
+    """Random contiguous windows of `num_frames` frames, one folder per item, as [-1, 1] tensors.
+
+    The window start of item `index` in epoch `epoch` is drawn from default_rng((seed, epoch, index)):
+    the same on every run, in every DataLoader worker, and after resuming. Call `set_epoch` before
+    iterating an epoch (with persistent_workers, workers keep the epoch they started with).
+    """
+
+    def __init__(self, base_folder, num_frames: int, width: int, height: int, seed: int = 0):
+        if num_frames < 1 or width < 1 or height < 1:
+            raise ValueError(f"need num_frames, width and height >= 1; got {num_frames}, {width}, {height}")
+        self.base_folder = Path(base_folder)
+        if not self.base_folder.is_dir():
+            raise ValueError(f"{self.base_folder}: base folder does not exist")
+        self.num_frames, self.width, self.height, self.seed = num_frames, width, height, seed
+        self.epoch = 0
+        folders = find_frame_folders(self.base_folder)
+        if not folders:
+            raise ValueError(f"{self.base_folder}: no folder of frame images ({', '.join(IMAGE_EXTENSIONS)}) found under it")
+        self.videos = [(folder, frames) for folder, frames in folders.items() if len(frames) >= num_frames]
+        skipped = len(folders) - len(self.videos)
+        if not self.videos:
+            longest, frames = max(folders.items(), key=lambda item: len(item[1]))
+            raise ValueError(f"{self.base_folder}: no frame folder has num_frames={num_frames} frames; the longest, {longest}, has {len(frames)}")
+        if skipped:
+            warnings.warn(f"{self.base_folder}: skipped {skipped} of {len(folders)} frame folders with fewer than num_frames={num_frames} frames", stacklevel=2)
+        logger.info("%s: %d videos of at least %d frames", self.base_folder, len(self.videos), num_frames)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def window_start(self, index: int) -> int:
+        """First frame of item `index`'s window in the current epoch."""
+        last_start = len(self.videos[index][1]) - self.num_frames
+        return int(np.random.default_rng((self.seed, self.epoch, index)).integers(0, last_start + 1))
+
+    def __getitem__(self, index: int) -> dict:
+        index = range(len(self))[index]
+        folder, frames = self.videos[index]
+        start = self.window_start(index)
+        clip = np.stack([load_frame(path, self.width, self.height) for path in frames[start : start + self.num_frames]])
+        pixel_values = torch.from_numpy(clip).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return {"pixel_values": pixel_values, "folder": str(folder)}
