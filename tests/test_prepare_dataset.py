@@ -248,3 +248,10 @@ def test_video_failing_midway_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         extract_video(grey_video(10), tmp_path / "video_00001", 5, SIZE)
     assert len(calls) == 3 and list(tmp_path.iterdir()) == []
+
+
+def test_colours_stay_rgb(tmp_path):
+    red = [np.tile(np.array([220, 30, 40], np.uint8), (32, 64, 1)) for _ in range(4)]
+    extract_video(encode_video_bytes(red), tmp_path / "video_00001", 2, SIZE)
+    mean = np.asarray(Image.open(tmp_path / "video_00001" / "frame_0001.jpg")).reshape(-1, 3).mean(0)
+    assert mean[0] > 180 and mean[1] < 80 and mean[2] < 80
