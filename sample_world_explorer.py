@@ -54,12 +54,12 @@ def main(argv=None):
     panorama = load_rgb(args.panorama)
     if args.yaw:
         panorama = Image.fromarray(rotate_yaw(np.asarray(panorama), args.yaw, width_axis=1))
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     try:
-        pipeline = StableVideoDiffusionPipeline.from_pretrained(args.model_dir)
+        pipeline = StableVideoDiffusionPipeline.from_pretrained(args.model_dir, torch_dtype=dtype)
     except (OSError, ValueError) as error:
         raise SetupError(f"{args.model_dir}: not a Stable Video Diffusion pipeline folder ({str(error).splitlines()[0]})") from None
-    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-    pipeline.to(args.device, dtype=dtype)
+    pipeline.to(args.device)
 
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     frames = generate_video(pipeline, panorama, args.width, args.height, args.num_frames, args.fps,

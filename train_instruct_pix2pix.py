@@ -28,9 +28,11 @@ from common.training import (
     check_shared_args,
     create_accelerator,
     create_ema,
+    create_generator,
     create_lr_scheduler,
     create_optimizer,
     ema_weights_swapped_in,
+    log_weight_checksums,
     enable_memory_efficient_attention,
     run_cli,
     setup_logging,
@@ -200,6 +202,7 @@ def main(argv=None):
         unet.enable_gradient_checkpointing()
     trainable = list(unet.named_parameters())
     ema, ema_names = create_ema(trainable, args.ema_decay) if args.use_ema else (None, None)
+    generator = create_generator(accelerator, args.seed)
 
     # Data: (frame N, frame N+T, prompt) pairs through the HF Datasets adapter.
     pair_args = dict(frames_dir=args.frames_dir, input_frame_idx=args.input_frame_idx, target_frame_idx=args.target_frame_idx, add_progress=args.add_progress)
@@ -226,7 +229,7 @@ def main(argv=None):
     global_step, first_epoch, batches_to_skip = 0, 0, 0
     resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if resume_path is not None:
-        global_step = load_checkpoint(accelerator, resume_path, ema, ema_names)
+        global_step = load_checkpoint(accelerator, resume_path, ema, ema_names, generator)
         first_epoch = global_step // steps_per_epoch
         batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
         logger.info("Resumed from %s at step %d", resume_path, global_step)
@@ -241,18 +244,18 @@ def main(argv=None):
             with accelerator.accumulate(unet):
                 # Encode: target latents (sampled, scaled), input-image latents (mode, unscaled), prompts.
                 with torch.no_grad():
-                    latents = vae.encode(batch["edited_pixel_values"].to(dtype)).latent_dist.sample().float() * vae.config.scaling_factor
+                    latents = vae.encode(batch["edited_pixel_values"].to(dtype)).latent_dist.sample(generator).float() * vae.config.scaling_factor
                     original_latents = vae.encode(batch["original_pixel_values"].to(dtype)).latent_dist.mode().float()
                     text_embedding = text_encoder(batch["input_ids"])[0].float()
 
                 # Conditioning dropout, so classifier-free guidance works on text and image.
-                keep_text, keep_image = conditioning_dropout_masks(latents.shape[0], args.conditioning_dropout_prob, device=latents.device)
+                keep_text, keep_image = conditioning_dropout_masks(latents.shape[0], args.conditioning_dropout_prob, generator, latents.device)
                 text_embedding = torch.where(keep_text[:, None, None].bool(), text_embedding, null_text_embedding)
                 original_latents = original_latents * keep_image[:, None, None, None]
 
                 # Noise at a uniform timestep and predict.
-                noise = torch.randn_like(latents)
-                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device).long()
+                noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=latents.device)
                 noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
                 prediction = unet(torch.cat([noisy_latents, original_latents], dim=1), timesteps, text_embedding, return_dict=False)[0]
                 loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
@@ -276,7 +279,7 @@ def main(argv=None):
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names)
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
             if global_step >= max_train_steps:
                 break
 
@@ -288,6 +291,8 @@ def main(argv=None):
                 validate(args, accelerator, pipeline, val_dataset, epoch, global_step)
         if global_step >= max_train_steps:
             break
+
+    log_weight_checksums(accelerator, accelerator.unwrap_model(unet).parameters())
 
     # Save: a complete InstructPix2Pix pipeline folder, with the EMA weights if used.
     accelerator.wait_for_everyone()

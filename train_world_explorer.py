@@ -26,7 +26,9 @@ from common.training import (
     check_shared_args,
     create_accelerator,
     create_ema,
+    create_generator,
     ema_weights_swapped_in,
+    log_weight_checksums,
     create_lr_scheduler,
     create_optimizer,
     enable_memory_efficient_attention,
@@ -196,6 +198,7 @@ def main(argv=None):
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     ema, ema_names = create_ema(trainable, args.ema_decay) if args.use_ema else (None, None)
+    generator = create_generator(accelerator, args.seed)
     logger.info("Training %.1f M of %.1f M UNet parameters", sum(p.numel() for _, p in trainable) / 1e6, sum(p.numel() for p in unet.parameters()) / 1e6)
 
     # Data, optimizer and schedule.
@@ -215,7 +218,7 @@ def main(argv=None):
     global_step, first_epoch, batches_to_skip = 0, 0, 0
     resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if resume_path is not None:
-        global_step = load_checkpoint(accelerator, resume_path, ema, ema_names)
+        global_step = load_checkpoint(accelerator, resume_path, ema, ema_names, generator)
         first_epoch = global_step // steps_per_epoch
         batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
         logger.info("Resumed from %s at step %d", resume_path, global_step)
@@ -234,19 +237,19 @@ def main(argv=None):
                 frames = batch["pixel_values"].to(accelerator.device, dtype=dtype)
                 batch_size = frames.shape[0]
                 with torch.no_grad():
-                    z0 = encode_video_latents(vae, frames).float()
-                    cond_sigma = sample_cond_sigma((batch_size,), device=accelerator.device)
-                    cond_latents = encode_cond_latents(vae, frames[:, 0], cond_sigma.to(dtype), args.num_frames).float()
+                    z0 = encode_video_latents(vae, frames, generator, args.decode_chunk_size).float()
+                    cond_sigma = sample_cond_sigma((batch_size,), generator, accelerator.device)
+                    cond_latents = encode_cond_latents(vae, frames[:, 0], cond_sigma.to(dtype), args.num_frames, generator).float()
                     clip_embedding = clip_image_embedding(image_encoder, feature_extractor, frames[:, 0]).float()
 
                 # Conditioning dropout, so classifier-free guidance works at inference.
-                keep_clip, keep_latent = conditioning_dropout_masks(batch_size, args.conditioning_dropout_prob, device=accelerator.device)
+                keep_clip, keep_latent = conditioning_dropout_masks(batch_size, args.conditioning_dropout_prob, generator, accelerator.device)
                 clip_embedding = clip_embedding * append_dims(keep_clip, clip_embedding.ndim)
                 cond_latents = cond_latents * append_dims(keep_latent, cond_latents.ndim)
 
                 # Noise at a log-normal sigma and predict the clean latents.
-                sigma = sample_sigma((batch_size,), args.p_mean, args.p_std, device=accelerator.device)
-                noisy = z0 + append_dims(sigma, z0.ndim) * torch.randn_like(z0)
+                sigma = sample_sigma((batch_size,), args.p_mean, args.p_std, generator, accelerator.device)
+                noisy = z0 + append_dims(sigma, z0.ndim) * torch.randn(z0.shape, generator=generator, device=z0.device)
                 time_ids = add_time_ids(fps_id, args.motion_bucket_id, cond_sigma).to(accelerator.device)
                 D = denoise(unet, noisy, sigma, cond_latents, clip_embedding, time_ids)
                 loss_edm = edm_loss(D, z0, sigma)
@@ -256,7 +259,7 @@ def main(argv=None):
                 loss = loss_edm
                 if args.scl_loss:
                     x_pred = decode_x0(vae, D.to(dtype), args.decode_chunk_size)
-                    thetas = sample_yaw_angles(args.num_scl_samples)
+                    thetas = sample_yaw_angles(args.num_scl_samples, generator)
                     loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, lambda x: encode_video_latents(vae, x, chunk_size=args.decode_chunk_size, sample=False).float())
                     beta = args.scl_beta if args.scl_beta is not None else scl_beta_released(global_step, max_train_steps)
                     loss, beta_used = combine_edm_scl(loss_edm, loss_scl, beta)
@@ -281,7 +284,7 @@ def main(argv=None):
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names)
+                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
             is_last = global_step >= max_train_steps
             if args.validation_images_folder and (global_step % args.validation_steps == 0 or is_last) and accelerator.is_main_process:
                 with ema_weights_swapped_in(ema, [p for _, p in trainable]):
@@ -290,6 +293,8 @@ def main(argv=None):
                 break
         if global_step >= max_train_steps:
             break
+
+    log_weight_checksums(accelerator, [p for _, p in trainable])
 
     # Save: the EMA weights if used, inside a complete pipeline folder.
     accelerator.wait_for_everyone()

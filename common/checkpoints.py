@@ -22,6 +22,7 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 EMA_WEIGHTS = "ema_weights.safetensors"
 TRAINING_STATE = "training_state.json"
+GENERATOR_STATE = "generator_state_{}.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -119,7 +120,7 @@ def load_ema(ema, names: list[str], path: Path) -> None:
     ema.optimization_step = step
 
 
-def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Optional[int], ema=None, ema_names=None) -> Path:
+def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Optional[int], ema=None, ema_names=None, generator=None) -> Path:
     """Write `checkpoint-<global_step>` atomically, then keep at most `total_limit` checkpoints."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{global_step}"
@@ -128,6 +129,9 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Opti
         shutil.rmtree(staging)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
+    if generator is not None:
+        save_file({"state": generator.get_state()}, str(staging / GENERATOR_STATE.format(accelerator.process_index)))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if ema is not None:
             save_ema(ema, ema_names, staging / EMA_WEIGHTS)
@@ -143,10 +147,15 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Opti
     return final
 
 
-def load_checkpoint(accelerator, path: Path, ema=None, ema_names=None) -> int:
+def load_checkpoint(accelerator, path: Path, ema=None, ema_names=None, generator=None) -> int:
     """Restore a checkpoint written by `save_checkpoint`; returns its global step."""
     path = Path(path)
     accelerator.load_state(str(path))
+    if generator is not None:
+        generator_file = path / GENERATOR_STATE.format(accelerator.process_index)
+        if not generator_file.is_file():
+            raise CheckpointError(f"{path}: no {generator_file.name} (written with another number of processes?)")
+        generator.set_state(load_file(str(generator_file))["state"])
     if ema is not None:
         if not (path / EMA_WEIGHTS).is_file():
             raise CheckpointError(f"{path}: no EMA weights, but --use_ema is on (was the run started without it?)")

@@ -91,7 +91,7 @@ def setup_logging(accelerator, output_dir) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(name)s - %(message)s"))
         logging.getLogger().addHandler(handler)
         transformers.utils.logging.set_verbosity_warning()
-        diffusers.utils.logging.set_verbosity_info()
+        diffusers.utils.logging.set_verbosity_warning()
     else:
         datasets.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
@@ -168,6 +168,19 @@ def ema_weights_swapped_in(ema, params):
         yield
     finally:
         ema.restore(params)
+
+
+def create_generator(accelerator, seed) -> torch.Generator:
+    """The generator of every random draw of the training step, one stream per process, saved in checkpoints."""
+    return torch.Generator(device=accelerator.device).manual_seed((seed or 0) * 1000 + accelerator.process_index)
+
+
+def log_weight_checksums(accelerator, params) -> list[float]:
+    """Gather a checksum of the trainable weights from every process and log it: equal values show DDP kept them in sync."""
+    checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1).to(accelerator.device)
+    checksums = accelerator.gather(checksum).tolist()
+    logging.getLogger(__name__).info("trainable weight checksum per process: %s", checksums)
+    return checksums
 
 
 def allow_tf32(enabled: bool) -> None:

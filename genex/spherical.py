@@ -28,7 +28,8 @@ def rotate_yaw(x, theta_deg: float, width_axis: int = -1):
 
 def sample_yaw_angles(num: int, generator=None) -> list[float]:
     """`num` yaw angles in degrees, uniform in [0, 180) as GenEx draws them."""
-    return (torch.rand(num, generator=generator) * 180.0).tolist()
+    device = generator.device if generator is not None else None
+    return (torch.rand(num, generator=generator, device=device) * 180.0).tolist()
 
 
 def decode_x0(vae, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
