@@ -1,4 +1,4 @@
-"""Train InstructPix2Pix to predict a future Something-Something V2 frame (PECN).
+r"""Train InstructPix2Pix to predict a future Something-Something V2 frame (PECN).
 
     accelerate launch train_instruct_pix2pix.py --pretrained_model_name_or_path=timbrooks/instruct-pix2pix \
         --resolution=128 --input_frame_idx=20 --target_frame_idx=21 --add_progress --output_dir=outputs/instruct_pix2pix_128

@@ -1,4 +1,4 @@
-"""Fine-tune the temporal transformer blocks of Stable Video Diffusion to walk forward into panoramas.
+r"""Fine-tune the temporal transformer blocks of Stable Video Diffusion to walk forward into panoramas.
 
     accelerate launch --config_file accelerate_config.yaml train_world_explorer.py \
         --base_folder=./Genex-DB --pretrained_model_name_or_path=stabilityai/stable-video-diffusion-img2vid-xt-1-1 \
