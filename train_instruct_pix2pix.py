@@ -11,6 +11,7 @@ The structure and flags follow diffusers' examples/instruct_pix2pix/train_instru
 import argparse
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common.checkpoints import load_checkpoint, register_trainable_weights_hooks, resolve_resume_checkpoint, save_checkpoint
+from common.checkpoints import register_trainable_weights_hooks, resume_training, save_checkpoint
 from common.conditioning import conditioning_dropout_masks
 from common.trackers import log_validation_images
 from common.training import (
@@ -34,6 +35,8 @@ from common.training import (
     ema_weights_swapped_in,
     log_weight_checksums,
     enable_memory_efficient_attention,
+    epoch_batches,
+    init_trackers,
     run_cli,
     setup_logging,
     training_length,
@@ -101,7 +104,8 @@ def load_models(args):
 
 def mirror_prompt(prompt: str) -> str:
     """Swap 'left' and 'right' so a horizontally flipped pair is still described truthfully."""
-    return " ".join({"left": "right", "right": "left"}.get(word, word) for word in prompt.split(" "))
+    swap = {"left": "right", "right": "left", "Left": "Right", "Right": "Left"}
+    return re.sub(r"\b(left|right|Left|Right)\b", lambda match: swap[match.group(0)], prompt)
 
 
 def make_preprocess(args, tokenizer):
@@ -222,25 +226,16 @@ def main(argv=None):
     if ema is not None:
         ema.to(accelerator.device)
     register_trainable_weights_hooks(accelerator)
-    if accelerator.is_main_process:
-        accelerator.init_trackers("instruct_pix2pix", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    init_trackers(accelerator, "instruct_pix2pix", args)
 
-    # Resume: step count, optimizer, LR schedule, EMA, RNG and the position in the epoch.
-    global_step, first_epoch, batches_to_skip = 0, 0, 0
-    resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if resume_path is not None:
-        global_step = load_checkpoint(accelerator, resume_path, ema, ema_names, generator)
-        first_epoch = global_step // steps_per_epoch
-        batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-        logger.info("Resumed from %s at step %d", resume_path, global_step)
+    # Resume: step count, optimizer, LR schedule, EMA, random streams and the position in the epoch.
+    global_step, first_epoch, batches_to_skip = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
 
     logger.info("%d pairs, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation",
                 len(train_dataset), num_train_epochs, max_train_steps, args.train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     for epoch in range(first_epoch, num_train_epochs):
-        dataloader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(dataloader, batches_to_skip) if epoch == first_epoch and batches_to_skip else dataloader
-        for batch in batches:
+        for batch in epoch_batches(accelerator, dataloader, epoch, batches_to_skip if epoch == first_epoch else 0):
             with accelerator.accumulate(unet):
                 # Encode: target latents (sampled, scaled), input-image latents (mode, unscaled), prompts.
                 with torch.no_grad():

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common.checkpoints import load_checkpoint, register_trainable_weights_hooks, resolve_resume_checkpoint, save_checkpoint
+from common.checkpoints import register_trainable_weights_hooks, resume_training, save_checkpoint
 from common.conditioning import conditioning_dropout_masks
 from common.trackers import log_validation_videos
 from common.training import (
@@ -32,6 +32,8 @@ from common.training import (
     create_lr_scheduler,
     create_optimizer,
     enable_memory_efficient_attention,
+    epoch_batches,
+    init_trackers,
     run_cli,
     setup_logging,
     training_length,
@@ -211,17 +213,10 @@ def main(argv=None):
     if ema is not None:
         ema.to(accelerator.device)
     register_trainable_weights_hooks(accelerator)
-    if accelerator.is_main_process:
-        accelerator.init_trackers("genex_explorer", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    init_trackers(accelerator, "genex_explorer", args)
 
-    # Resume: step count, optimizer, LR schedule, EMA, RNG and the position in the epoch.
-    global_step, first_epoch, batches_to_skip = 0, 0, 0
-    resume_path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if resume_path is not None:
-        global_step = load_checkpoint(accelerator, resume_path, ema, ema_names, generator)
-        first_epoch = global_step // steps_per_epoch
-        batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-        logger.info("Resumed from %s at step %d", resume_path, global_step)
+    # Resume: step count, optimizer, LR schedule, EMA, random streams and the position in the epoch.
+    global_step, first_epoch, batches_to_skip = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
 
     logger.info("%d clips, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation",
                 len(dataset), num_train_epochs, max_train_steps, args.per_gpu_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
@@ -229,9 +224,7 @@ def main(argv=None):
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     for epoch in range(first_epoch, num_train_epochs):
         dataset.set_epoch(epoch)
-        dataloader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(dataloader, batches_to_skip) if epoch == first_epoch and batches_to_skip else dataloader
-        for batch in batches:
+        for batch in epoch_batches(accelerator, dataloader, epoch, batches_to_skip if epoch == first_epoch else 0):
             with accelerator.accumulate(unet):
                 # Encode: clean latents z0, the noise-augmented conditioning frame, its CLIP embedding.
                 frames = batch["pixel_values"].to(accelerator.device, dtype=dtype)

@@ -161,3 +161,13 @@ def load_checkpoint(accelerator, path: Path, ema=None, ema_names=None, generator
             raise CheckpointError(f"{path}: no EMA weights, but --use_ema is on (was the run started without it?)")
         load_ema(ema, ema_names, path / EMA_WEIGHTS)
     return int(json.loads((path / TRAINING_STATE).read_text())["global_step"])
+
+
+def resume_training(accelerator, args, steps_per_epoch: int, ema=None, ema_names=None, generator=None) -> tuple[int, int, int]:
+    """Apply --resume_from_checkpoint: (global_step, first_epoch, batches to skip in that epoch); zeros for a fresh run."""
+    path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if path is None:
+        return 0, 0, 0
+    global_step = load_checkpoint(accelerator, path, ema, ema_names, generator)
+    logger.info("Resumed from %s at step %d", path, global_step)
+    return global_step, global_step // steps_per_epoch, (global_step % steps_per_epoch) * args.gradient_accumulation_steps

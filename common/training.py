@@ -148,6 +148,18 @@ def create_lr_scheduler(optimizer, args, max_train_steps: int, num_processes: in
     )
 
 
+def epoch_batches(accelerator, dataloader, epoch: int, batches_to_skip: int):
+    """The batches of `epoch`: its shuffle order is a function of (seed, epoch); a resumed epoch skips what was done."""
+    dataloader.set_epoch(epoch)
+    return accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
+
+
+def init_trackers(accelerator, project: str, args) -> None:
+    """Start TensorBoard / wandb with the run's flags as its configuration."""
+    if accelerator.is_main_process:
+        accelerator.init_trackers(project, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+
 def create_ema(named_params: list[tuple[str, torch.nn.Parameter]], decay: float):
     """EMA over the trainable parameters only; returns (ema, parameter names)."""
     from diffusers.training_utils import EMAModel

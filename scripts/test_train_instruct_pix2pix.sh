@@ -13,19 +13,20 @@ DATA_ROOT=${DATA_ROOT:-data/sthv2}
 OUTPUT_DIR=${OUTPUT_DIR:-test_output/instruct_pix2pix_test}
 MAX_TRAIN_SAMPLES=${MAX_TRAIN_SAMPLES:-16}
 MAX_TRAIN_STEPS=${MAX_TRAIN_STEPS:-6}
+WORK_DIR=${WORK_DIR:-test_output}         # where the embedded data and tiny pipeline go when needed
 
 if [ -f "$DATA_ROOT/annotations/train_filtered.json" ] && [ -d "$DATA_ROOT/frames_${RESOLUTION}x${RESOLUTION}" ]; then
   MODEL_NAME=${MODEL_NAME:-timbrooks/instruct-pix2pix}
 else
   echo "No prepared SSv2 under $DATA_ROOT: using the embedded synthetic SSv2 and a tiny pipeline."
-  DATA_ROOT=test_output/synthetic_sthv2
+  DATA_ROOT=$WORK_DIR/synthetic_sthv2
   if [ ! -f "$DATA_ROOT/annotations/val_filtered.json" ]; then
     python -m pecn.synthetic --output_dir "$DATA_ROOT"
     python -m pecn.dataset --data_root "$DATA_ROOT" --train_per_task 8 --val_per_task 2
     python -m pecn.video_loader --data_root "$DATA_ROOT" --sizes "${RESOLUTION}x${RESOLUTION}" --num_workers 2
   fi
   if [ -z "${MODEL_NAME:-}" ]; then
-    MODEL_NAME=test_output/tiny_instruct_pix2pix
+    MODEL_NAME=$WORK_DIR/tiny_instruct_pix2pix
     [ -f "$MODEL_NAME/model_index.json" ] || python -m pecn.tiny --kind instruct_pix2pix --output_dir "$MODEL_NAME"
   fi
 fi
