@@ -1,0 +1,44 @@
+"""The PECN tasks: each task is a list of exact SSv2 templates (brackets removed, as in labels.json).
+
+To add a task or a template, edit TASK_TEMPLATES; every stage reads it from here.
+"""
+
+TASK_TEMPLATES: dict[str, list[str]] = {
+    "move_object": [
+        "Moving something up",
+        "Moving something down",
+        "Moving something towards the camera",
+        "Moving something away from the camera",
+        "Moving something across a surface without it falling down",
+        "Pushing something from left to right",
+        "Pushing something from right to left",
+        "Pulling something from left to right",
+        "Pulling something from right to left",
+    ],
+    "drop_object": [
+        "Dropping something onto something",
+        "Dropping something in front of something",
+        "Dropping something behind something",
+        "Dropping something into something",
+        "Dropping something next to something",
+    ],
+    "cover_object": [
+        "Covering something with something",
+    ],
+}
+
+
+def strip_brackets(template: str) -> str:
+    """SSv2 annotation template to its labels.json key: "Moving [something] up" -> "Moving something up"."""
+    return template.replace("[", "").replace("]", "")
+
+
+def task_of_template(task_templates: dict[str, list[str]] = TASK_TEMPLATES) -> dict[str, str]:
+    """Map each template (no brackets) to its task; a template listed under two tasks is an error."""
+    owner: dict[str, str] = {}
+    for task, templates in task_templates.items():
+        for template in templates:
+            if template in owner and owner[template] != task:
+                raise ValueError(f"template {template!r} is listed under both {owner[template]!r} and {task!r}")
+            owner[template] = task
+    return owner

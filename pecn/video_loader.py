@@ -1,0 +1,201 @@
+"""Extract every frame of the filtered SSv2 videos as PNG, at each requested size.
+
+    python -m pecn.video_loader --data_root data/sthv2
+
+Each video is decoded once and written to <data_root>/frames_<W>x<H>/<id>/<frame>.png,
+frame numbers 0-based and zero-padded (00020.png is frame 20; see `frame_path`). Frames are
+resized straight to W x H with cv2.INTER_AREA, without cropping: SSv2's 427x240 (or similar)
+frames are squeezed to the square training size, the same for input, target and prediction.
+Afterwards "num_frames" is written into every entry of the annotation files; a video that
+cannot be extracted keeps its entry, marked with "num_frames": 0 and "extract_error".
+"""
+
+import argparse
+import os
+import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from common.video import VideoDecodeError, iter_video_frames
+from pecn.dataset import AnnotationError, load_annotations, write_json_atomic
+
+Size = tuple[int, int]  # (width, height)
+DEFAULT_SIZES = ["96x96", "128x128"]
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """Outcome for one video: status is "extracted", "skipped" (already done) or "failed"."""
+
+    video_id: str
+    status: str
+    num_frames: int = 0
+    error: str = ""
+
+
+def frame_path(frames_dir: os.PathLike, video_id: str, frame_idx: int) -> Path:
+    """Path of 0-based frame `frame_idx` of a video: <frames_dir>/<id>/00020.png."""
+    return Path(frames_dir) / str(video_id) / f"{frame_idx:05d}.png"
+
+
+def frames_dir_name(size: Size) -> str:
+    """Folder name for one frame size, e.g. frames_128x128."""
+    return f"frames_{size[0]}x{size[1]}"
+
+
+def parse_size(text: str) -> Size:
+    """"96x96" -> (96, 96), as (width, height)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 128x128 (WxH), got {text!r}") from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return width, height
+
+
+def count_frames(video_frames_dir: Path) -> int:
+    """Number of PNG frames in one video's finished folder (0 when the folder is absent)."""
+    if not video_frames_dir.is_dir():
+        return 0
+    return sum(1 for entry in os.scandir(video_frames_dir) if entry.name.endswith(".png"))
+
+
+def resize_frame(frame: np.ndarray, size: Size) -> np.ndarray:
+    """Resize straight to (width, height); INTER_AREA averages pixels, so downscaling does not alias."""
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
+def write_frames(video_path: Path, temp_dirs: dict[Size, Path]) -> int:
+    """Decode `video_path` once, write every frame at every size into `temp_dirs`; returns the frame count."""
+    num_frames = 0
+    for frame_idx, frame in enumerate(iter_video_frames(video_path)):
+        # cv2 writes BGR; the decoder gives RGB.
+        bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+        for size, temp_dir in temp_dirs.items():
+            target = temp_dir / f"{frame_idx:05d}.png"
+            if not cv2.imwrite(str(target), resize_frame(bgr, size)):
+                raise OSError(f"cannot write {target}")
+        num_frames += 1
+    return num_frames
+
+
+def extract_video(video_path: os.PathLike, video_id: str, frames_dirs: dict[Size, Path]) -> ExtractResult:
+    """Extract one video into each frames dir, skipping sizes already finished; never raises."""
+    video_path = Path(video_path)
+    finished = {size: count_frames(Path(root) / video_id) for size, root in frames_dirs.items()}
+    todo = [size for size, count in finished.items() if count == 0]
+    known_counts = {count for count in finished.values() if count > 0}
+    if len(known_counts) > 1:
+        return ExtractResult(video_id, "failed", error=f"frame folders of different sizes hold different frame counts {sorted(known_counts)}; delete them and rerun")
+    if not todo:
+        return ExtractResult(video_id, "skipped", known_counts.pop())
+    if not video_path.is_file():
+        return ExtractResult(video_id, "failed", error=f"{video_path}: video file not found")
+
+    # Frames go to a hidden temporary folder renamed when complete, so an interrupted run leaves no half video.
+    temp_dirs = {size: Path(frames_dirs[size]) / f".{video_id}.partial" for size in todo}
+    try:
+        for temp_dir in temp_dirs.values():
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            temp_dir.mkdir(parents=True)
+        num_frames = write_frames(video_path, temp_dirs)
+        if num_frames == 0:
+            raise VideoDecodeError(f"{video_path}: no frames decoded")
+        if known_counts and num_frames not in known_counts:
+            raise VideoDecodeError(f"{video_path}: decoded {num_frames} frames but {known_counts.pop()} were extracted before")
+        for size, temp_dir in temp_dirs.items():
+            os.replace(temp_dir, Path(frames_dirs[size]) / video_id)
+    except (VideoDecodeError, OSError) as error:
+        for temp_dir in temp_dirs.values():
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        return ExtractResult(video_id, "failed", error=str(error))
+    return ExtractResult(video_id, "extracted", num_frames)
+
+
+def _single_threaded_worker() -> None:
+    # One process per core already; OpenCV's own threads would only oversubscribe.
+    cv2.setNumThreads(1)
+
+
+def extract_all(video_ids: Iterable[str], videos_dir: os.PathLike, frames_dirs: dict[Size, Path], num_workers: int = 1) -> dict[str, ExtractResult]:
+    """Extract <videos_dir>/<id>.webm for every id, in a process pool when num_workers > 1."""
+    jobs = [(Path(videos_dir) / f"{video_id}.webm", video_id, frames_dirs) for video_id in dict.fromkeys(video_ids)]
+    results = {}
+    with tqdm(total=len(jobs), desc="extracting frames", unit="video") as progress:
+        if num_workers <= 1:
+            for job in jobs:
+                result = extract_video(*job)
+                results[result.video_id] = result
+                progress.update()
+        else:
+            with ProcessPoolExecutor(max_workers=num_workers, initializer=_single_threaded_worker) as pool:
+                for future in as_completed([pool.submit(extract_video, *job) for job in jobs]):
+                    result = future.result()
+                    results[result.video_id] = result
+                    progress.update()
+    return results
+
+
+def mark_annotations(entries: list[dict], results: dict[str, ExtractResult]) -> list[dict]:
+    """Copies of `entries` with "num_frames"; failed videos get 0 and their "extract_error"."""
+    marked = []
+    for entry in entries:
+        entry = dict(entry)
+        result = results[entry["id"]]
+        entry["num_frames"] = result.num_frames
+        if result.status == "failed":
+            entry["extract_error"] = result.error
+        else:
+            entry.pop("extract_error", None)
+        marked.append(entry)
+    return marked
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Extract every frame of the filtered SSv2 videos as PNG and record num_frames.")
+    parser.add_argument("--data_root", default="data/sthv2", help="SSv2 root; frames go to <data_root>/frames_<W>x<H>/<id>/.")
+    parser.add_argument("--annotation_files", nargs="+", default=None, help="Filtered annotation files to extract and update (default: <data_root>/annotations/train_filtered.json and val_filtered.json).")
+    parser.add_argument("--videos_dir", default=None, help="Folder of <id>.webm videos (default: <data_root>/videos).")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in DEFAULT_SIZES], help="Frame sizes WxH to write, each to its own frames_<W>x<H> folder.")
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Processes decoding videos in parallel (1: no pool).")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    data_root = Path(args.data_root)
+    annotation_files = [Path(p) for p in args.annotation_files or [data_root / "annotations" / name for name in ("train_filtered.json", "val_filtered.json")]]
+    videos_dir = Path(args.videos_dir or data_root / "videos")
+    frames_dirs = {size: data_root / frames_dir_name(size) for size in dict.fromkeys(args.sizes)}
+
+    try:
+        annotations = {path: load_annotations(path) for path in annotation_files}
+    except AnnotationError as error:
+        sys.exit(f"error: {error}")
+    if not videos_dir.is_dir():
+        print(f"warning: {videos_dir} does not exist; every video will be reported missing", file=sys.stderr)
+
+    video_ids = [entry["id"] for entries in annotations.values() for entry in entries]
+    results = extract_all(video_ids, videos_dir, frames_dirs, args.num_workers)
+
+    statuses = [result.status for result in results.values()]
+    print(f"extracted {statuses.count('extracted')}, skipped {statuses.count('skipped')} (already done), failed {statuses.count('failed')}")
+    for result in results.values():
+        if result.status == "failed":
+            print(f"failed {result.video_id}: {result.error}")
+
+    for path, entries in annotations.items():
+        write_json_atomic(path, mark_annotations(entries, results))
+        print(f"wrote num_frames into {path}")
+
+
+if __name__ == "__main__":
+    main()
