@@ -24,14 +24,14 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.training import SetupError, run_cli
+from common.files import write_atomic
+from common.training import SetupError, flush_denormals, run_cli
 
 logger = logging.getLogger("sample_from_pix2pix")
 
@@ -164,17 +164,6 @@ def summaries(records: list[dict], add_progress: bool) -> dict:
     return result
 
 
-def skipped_counts(args) -> dict:
-    """Videos of the whole annotation file that give no pair, by reason, as the pair dataset counts them."""
-    from pecn.dataset import load_annotations
-    from pecn.pairs import pair_records
-
-    # build_pair_dataset only logs these counts; the same function run again returns them.
-    _, skipped = pair_records(load_annotations(args.val_annotations), args.val_annotations, args.frames_dir,
-                              args.input_frame_idx, args.target_frame_idx, args.add_progress)
-    return dict(sorted(skipped.items()))
-
-
 def json_safe(value):
     """Strict JSON: infinite or undefined floats become null (their count is in <metric>_num_inf)."""
     if isinstance(value, float):
@@ -184,18 +173,6 @@ def json_safe(value):
     if isinstance(value, (list, tuple)):
         return [json_safe(item) for item in value]
     return value
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it, so a crash never leaves half a file."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            temp_file.write(data)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def save_png(image, path: Path) -> None:
@@ -246,13 +223,14 @@ def results_markdown(args, results: dict) -> str:
 def main(argv=None):
     from pecn.metrics import LpipsScorer
     from pecn.pairs import build_pair_dataset
-    from train_instruct_pix2pix import comparison_grid
+    from pecn.visualize import comparison_grid
 
     args = parse_args(argv)
+    flush_denormals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     # Data first: missing annotations, frames or num_frames fail before the model loads.
-    pairs = build_pair_dataset(args.val_annotations, args.frames_dir, args.input_frame_idx, args.target_frame_idx, args.add_progress, args.num_samples)
+    pairs, skipped = build_pair_dataset(args.val_annotations, args.frames_dir, args.input_frame_idx, args.target_frame_idx, args.add_progress, args.num_samples)
     pipeline = load_pipeline(args.model_dir, args.device)
     lpips_scorer, lpips_reason = LpipsScorer.try_load(device=args.device)
     if lpips_reason:
@@ -274,7 +252,7 @@ def main(argv=None):
         "settings": dict(vars(args), num_samples="all" if args.num_samples is None else args.num_samples),
         "notes": 'copy_*: the input frame taken as the prediction. An infinite PSNR (identical images) is null, left out of means and counted in <metric>_num_inf.',
         "lpips": {"computed": lpips_scorer is not None, "reason": lpips_reason},
-        "skipped": skipped_counts(args),
+        "skipped": skipped,
         **summaries(records, args.add_progress),
         "samples": records,
     }

@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from common.training import SetupError, run_cli
+from common.training import SetupError, flush_denormals, run_cli
 from common.video import write_mp4
 
 logger = logging.getLogger("sample_world_explorer")
@@ -50,6 +50,7 @@ def main(argv=None):
     from genex.spherical import rotate_yaw
 
     args = parse_args(argv)
+    flush_denormals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     panorama = load_rgb(args.panorama)
     if args.yaw:

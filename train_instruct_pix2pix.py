@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from common.checkpoints import register_trainable_weights_hooks, resume_training, save_checkpoint
 from common.conditioning import conditioning_dropout_masks
 from common.trackers import log_validation_images
+from pecn.visualize import comparison_grid
 from common.training import (
     SetupError,
     add_shared_training_args,
@@ -145,12 +146,6 @@ def diffusion_target(noise_scheduler, latents, noise, timesteps):
     raise SetupError(f"unknown prediction type {noise_scheduler.config.prediction_type}")
 
 
-def comparison_grid(images) -> np.ndarray:
-    """[input | ground truth | prediction] side by side, uint8 HWC."""
-    size = images[0].size
-    return np.concatenate([np.asarray(image.convert("RGB").resize(size)) for image in images], axis=1)
-
-
 def load_pipeline(args, unet, **components):
     """An InstructPix2Pix pipeline around `unet`, with the base folder's own sampling scheduler."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
@@ -211,8 +206,8 @@ def main(argv=None):
     # Data: (frame N, frame N+T, prompt) pairs through the HF Datasets adapter.
     pair_args = dict(frames_dir=args.frames_dir, input_frame_idx=args.input_frame_idx, target_frame_idx=args.target_frame_idx, add_progress=args.add_progress)
     with accelerator.main_process_first():
-        train_dataset = build_pair_dataset(args.train_annotations, max_samples=args.max_train_samples, **pair_args)
-        val_dataset = build_pair_dataset(args.val_annotations, max_samples=args.num_validation_images, **pair_args) if args.num_validation_images > 0 else None
+        train_dataset, _ = build_pair_dataset(args.train_annotations, max_samples=args.max_train_samples, **pair_args)
+        val_dataset = build_pair_dataset(args.val_annotations, max_samples=args.num_validation_images, **pair_args)[0] if args.num_validation_images > 0 else None
     train_dataset = train_dataset.with_transform(make_preprocess(args, tokenizer))
     dataloader = torch.utils.data.DataLoader(train_dataset, shuffle=True, collate_fn=collate, batch_size=args.train_batch_size, num_workers=args.dataloader_num_workers)
     null_prompt_ids = tokenizer([""], max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids

@@ -62,8 +62,8 @@ def pair_records(entries: list[dict], annotation_file, frames_dir, input_frame_i
 
 
 def build_pair_dataset(annotation_file: os.PathLike, frames_dir: os.PathLike, input_frame_idx: int = 20, target_frame_idx: int = 21,
-                       add_progress: bool = False, max_samples: Optional[int] = None) -> datasets.Dataset:
-    """The pairs of one filtered annotation file, in its order; `skipped` counts are in `dataset.info.description`."""
+                       add_progress: bool = False, max_samples: Optional[int] = None) -> tuple[datasets.Dataset, dict[str, int]]:
+    """The pairs of one filtered annotation file, in its order, and the videos that gave none, counted by reason."""
     check_frame_indices(input_frame_idx, target_frame_idx)
     if not Path(frames_dir).is_dir():
         raise PairDatasetError(f"{frames_dir}: frames folder does not exist; run `python -m pecn.video_loader` with this size")
@@ -82,5 +82,4 @@ def build_pair_dataset(annotation_file: os.PathLike, frames_dir: os.PathLike, in
         "num_frames": datasets.Value("int32"), "progress": datasets.Value("int32"),
     })
     columns = {name: [record[name] for record in records] for name in features}
-    info = datasets.DatasetInfo(description=f"skipped: {summary}", features=features)
-    return datasets.Dataset.from_dict(columns, features=features, info=info)
+    return datasets.Dataset.from_dict(columns, features=features), dict(sorted(skipped.items()))

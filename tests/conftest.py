@@ -9,3 +9,8 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+
+# Tiny random models produce subnormal floats that slow CPU math 100x; the scripts flush them too.
+from common.training import flush_denormals  # noqa: E402
+
+flush_denormals()

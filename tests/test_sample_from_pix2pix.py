@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -33,15 +32,6 @@ ENV_NAMES = ("MODEL_DIR", "FRAMES_DIR", "VAL_ANNOTATIONS", "OUTPUT_DIR", "INPUT_
              "SEED", "NUM_INFERENCE_STEPS", "IMAGE_GUIDANCE_SCALE", "GUIDANCE_SCALE", "PROGRESS")
 RECORD_KEYS = {"id", "task", "label", "prompt", "progress", "model_psnr", "model_ssim", "copy_psnr", "copy_ssim"}
 SUMMARY_KEYS = {"count", "model_psnr", "copy_psnr", "model_ssim", "copy_ssim"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine spinning threads slow them tenfold."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +69,7 @@ def script_run(data, model_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("script_run")
     env = {name: value for name, value in os.environ.items() if name not in ENV_NAMES}
     env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1", MODEL_DIR=str(model_dir), FRAMES_DIR=str(data.frames_dir),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", MODEL_DIR=str(model_dir), FRAMES_DIR=str(data.frames_dir),
         VAL_ANNOTATIONS=str(data.annotations), OUTPUT_DIR=str(output_dir), NUM_SAMPLES="all", NUM_INFERENCE_STEPS="2", PROGRESS="True",
     )
     completed = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "sample_from_pix2pix.sh"), "--device", "cpu"],
