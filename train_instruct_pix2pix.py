@@ -57,7 +57,7 @@ def parse_args(argv=None):
     group.add_argument("--val_annotations", type=str, default=None, help="Default <data_root>/annotations/val_filtered.json.")
     group.add_argument("--input_frame_idx", type=int, default=20, help="0-based index of the input frame N.")
     group.add_argument("--target_frame_idx", type=int, default=21, help="0-based index of the frame to predict, N+T.")
-    group.add_argument("--add_progress", action="store_true", help='Append ". And <p>% of the action has been completed." to the prompt.')
+    group.add_argument("--add_progress", action="store_true", help='Append ". And <p>%% of the action has been completed." to the prompt.')
     group.add_argument("--max_train_samples", type=int, default=None, help="Use only the first this many training pairs (quick tests).")
     group.add_argument("--resolution", type=int, default=128, help="Square training resolution; frames of another size are resized.")
     group.add_argument("--random_flip", action="store_true", help="Mirror pairs horizontally, swapping left and right in the prompt to match.")
@@ -94,9 +94,9 @@ def load_models(args):
     try:
         noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", variant=args.variant)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=args.variant)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=args.variant)
     except (OSError, ValueError) as error:
         raise SetupError(f"{path}: not a Stable Diffusion / InstructPix2Pix pipeline folder ({str(error).splitlines()[0]})") from None
     # InstructPix2Pix conditions on the input image latents: 4 noisy + 4 image channels.
@@ -151,7 +151,7 @@ def load_pipeline(args, unet, **components):
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
     return StableDiffusionInstructPix2PixPipeline.from_pretrained(
-        args.pretrained_model_name_or_path, unet=unet, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **components
+        args.pretrained_model_name_or_path, unet=unet, variant=args.variant, safety_checker=None, feature_extractor=None, requires_safety_checker=False, **components
     )
 
 

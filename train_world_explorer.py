@@ -93,9 +93,9 @@ def load_models(args):
     path = args.pretrained_model_name_or_path
     try:
         feature_extractor = CLIPImageProcessor.from_pretrained(path, subfolder="feature_extractor")
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(path, subfolder="image_encoder")
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae")
-        unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet")
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(path, subfolder="image_encoder", variant=args.variant)
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", variant=args.variant)
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet", variant=args.variant)
         EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
     except (OSError, ValueError) as error:
         raise SetupError(f"{path}: not a Stable Video Diffusion pipeline folder ({str(error).splitlines()[0]})") from None
@@ -157,11 +157,11 @@ def save_final_pipeline(args, accelerator, unet) -> None:
 
     from common.checkpoints import load_trainable_state_dict, trainable_state_dict
 
-    final_unet = UNetSpatioTemporalConditionModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
+    final_unet = UNetSpatioTemporalConditionModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet", variant=args.variant)
     for name, param in final_unet.named_parameters():
         param.requires_grad_(TRAINABLE_MARKER in name)
     load_trainable_state_dict(final_unet, trainable_state_dict(accelerator.unwrap_model(unet)), "trained UNet")
-    pipeline = StableVideoDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, unet=final_unet)
+    pipeline = StableVideoDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, unet=final_unet, variant=args.variant)
     pipeline.save_pretrained(args.output_dir)
     logger.info("Saved the fine-tuned pipeline to %s", args.output_dir)
 

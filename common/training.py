@@ -17,6 +17,7 @@ class SetupError(RuntimeError):
 
 def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
     """Flags with the meaning users know from the diffusers training examples."""
+    parser.add_argument("--variant", type=str, default=None, help='Weight files variant of the base model, e.g. "fp16" for diffusion_pytorch_model.fp16.safetensors.')
     group = parser.add_argument_group("optimisation")
     group.add_argument("--learning_rate", type=float, default=1e-4, help="Initial learning rate (after warm-up).")
     group.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by accumulation steps x batch size x processes.")
