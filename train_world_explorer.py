@@ -147,7 +147,7 @@ def validate(args, accelerator, unet, vae, image_encoder, feature_extractor, ste
                 args.motion_bucket_id, args.validation_num_inference_steps, args.decode_chunk_size, generator,
             )
             videos[path.stem] = write_mp4(frames[path.stem], folder / f"{path.stem}.mp4", fps=args.fps)
-    log_validation_videos(accelerator, videos, frames, step, args.fps)
+    log_validation_videos(accelerator, videos, frames, step)
     logger.info("Validation videos of step %d in %s", step, folder)
 
 

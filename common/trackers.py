@@ -13,7 +13,7 @@ def video_strip(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:
     return np.concatenate([frames[i] for i in indices], axis=1)
 
 
-def log_validation_videos(accelerator, videos: dict[str, Path], frames: dict[str, np.ndarray], step: int, fps: int) -> None:
+def log_validation_videos(accelerator, videos: dict[str, Path], frames: dict[str, np.ndarray], step: int) -> None:
     """Log mp4 files (wandb plays them) and their frame strips (TensorBoard shows them)."""
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
@@ -22,7 +22,7 @@ def log_validation_videos(accelerator, videos: dict[str, Path], frames: dict[str
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log({"validation": [wandb.Video(str(path), caption=name, fps=fps, format="mp4") for name, path in videos.items()]}, step=step)
+            tracker.log({"validation": [wandb.Video(str(path), caption=name, format="mp4") for name, path in videos.items()]}, step=step)
 
 
 def log_validation_images(accelerator, images: dict[str, np.ndarray], step: int) -> None:
