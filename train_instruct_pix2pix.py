@@ -37,6 +37,7 @@ from common.training import (
     log_weight_checksums,
     enable_memory_efficient_attention,
     epoch_batches,
+    inference_precision,
     init_trackers,
     run_cli,
     setup_logging,
@@ -164,7 +165,7 @@ def validate(args, accelerator, pipeline, val_dataset, epoch: int, step: int) ->
     folder.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator(device=accelerator.device).manual_seed(args.seed or 0)
     grids = {}
-    with torch.autocast(accelerator.device.type, enabled=accelerator.mixed_precision != "no"):
+    with inference_precision(accelerator, [pipeline.unet, pipeline.vae, pipeline.text_encoder]):
         for example in val_dataset.select(range(min(args.num_validation_images, len(val_dataset)))):
             prediction = pipeline(
                 example["edit_prompt"], image=example["input_image"], num_inference_steps=args.validation_num_inference_steps,

@@ -33,6 +33,7 @@ from common.training import (
     create_optimizer,
     enable_memory_efficient_attention,
     epoch_batches,
+    inference_precision,
     init_trackers,
     run_cli,
     setup_logging,
@@ -140,7 +141,7 @@ def validate(args, accelerator, unet, vae, image_encoder, feature_extractor, ste
     folder = Path(args.output_dir) / "validation" / f"step_{step}"
     videos, frames = {}, {}
     generator = torch.Generator(device=accelerator.device).manual_seed(args.seed or 0)
-    with torch.autocast(accelerator.device.type, enabled=accelerator.mixed_precision != "no"):
+    with inference_precision(accelerator, [pipeline.unet, vae, image_encoder]):
         for path in list_images(args.validation_images_folder, args.num_validation_images):
             frames[path.stem] = generate_video(
                 pipeline, load_rgb(path), args.width, args.height, args.num_frames, args.fps,

@@ -205,6 +205,30 @@ def log_weight_checksums(accelerator, params) -> list[float]:
     return checksums
 
 
+@contextlib.contextmanager
+def inference_precision(accelerator, modules):
+    """Precision for running a pipeline mid-training, whose modules mix fp32 trainable and low-precision frozen weights.
+
+    On a GPU, autocast. Elsewhere (CPU bf16), the modules run in fp32 for the duration: image
+    processors cannot read CPU bf16 tensors, and bf16 -> fp32 -> bf16 restores every weight exactly.
+    """
+    if accelerator.mixed_precision == "no":
+        yield
+    elif accelerator.device.type == "cuda":
+        with torch.autocast("cuda", dtype=weight_dtype(accelerator)):
+            yield
+    else:
+        dtypes = [{name: p.dtype for name, p in module.named_parameters()} for module in modules]
+        for module in modules:
+            module.float()
+        try:
+            yield
+        finally:
+            for module, module_dtypes in zip(modules, dtypes):
+                for name, param in module.named_parameters():
+                    param.data = param.data.to(module_dtypes[name])
+
+
 def allow_tf32(enabled: bool) -> None:
     if enabled:
         torch.backends.cuda.matmul.allow_tf32 = True

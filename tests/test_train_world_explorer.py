@@ -188,3 +188,16 @@ def test_xformers_requested_but_missing_is_a_clear_error(setup, tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "train_world_explorer.py"), *base_args(setup, tmp_path / "x", 1),
                              "--enable_xformers_memory_efficient_attention"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "xformers is not installed" in result.stderr
+
+
+def test_bf16_mixed_precision_keeps_frozen_weights_exact(setup):
+    """Frozen modules are held in bf16 during training; the saved model still has the base's fp32 values."""
+    output_dir = setup["root"] / "bf16"
+    accelerate_launch(base_args(setup, output_dir, 1, "--checkpointing_steps=100", "--scl_loss", "--num_scl_samples=1",
+                                f"--validation_images_folder={setup['validation']}", "--validation_num_inference_steps=2")
+                      + ["--mixed_precision=bf16"])
+    trained_unet = load_file(str(output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    base_unet = load_file(str(Path(setup["model"]) / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(trained_unet[k].dtype == torch.float32 for k in trained_unet)
+    assert all(torch.equal(trained_unet[k], base_unet[k]) for k in base_unet if "temporal_transformer_block" not in k)
+    assert list((output_dir / "validation" / "step_1").glob("*.mp4"))
