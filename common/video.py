@@ -19,8 +19,26 @@ def _describe(source: VideoSource) -> str:
     return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
 
 
+def declared_frame_count(container, stream) -> int:
+    """The frame count the file's header declares (0 when it declares none)."""
+    if stream.frames:
+        return stream.frames
+    if container.duration and stream.average_rate:
+        return round(container.duration / av.time_base * float(stream.average_rate))
+    return 0
+
+
+def is_truncated(decoded: int, declared: int) -> bool:
+    """Far fewer frames than the header declares: the file was cut (a few frames of slack for rounding)."""
+    return declared > 0 and decoded < declared - max(2, declared // 10)
+
+
 def iter_video_frames(source: VideoSource) -> Iterator[np.ndarray]:
-    """Yield every frame of a video as RGB uint8 [H, W, 3], decoding once from front to back."""
+    """Yield every frame of a video as RGB uint8 [H, W, 3], decoding once from front to back.
+
+    A file cut mid-stream decodes its first frames without complaint; it is caught at the end
+    by comparing with the header's frame count, so no caller mistakes it for a short video.
+    """
     name = _describe(source)
     handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)
     try:
@@ -32,11 +50,18 @@ def iter_video_frames(source: VideoSource) -> Iterator[np.ndarray]:
             raise VideoDecodeError(f"{name}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        decoded = 0
         try:
             for frame in container.decode(stream):
+                decoded += 1
                 yield frame.to_ndarray(format="rgb24")
         except (av.FFmpegError, OSError, ValueError) as error:
             raise VideoDecodeError(f"{name}: decoding failed ({error})") from None
+        declared = declared_frame_count(container, stream)
+        if decoded == 0:
+            raise VideoDecodeError(f"{name}: no frame could be decoded")
+        if is_truncated(decoded, declared):
+            raise VideoDecodeError(f"{name}: truncated, decoded {decoded} of the {declared} frames its header declares")
 
 
 def evenly_spaced_indices(num_available: int, num_wanted: int) -> list[int]:

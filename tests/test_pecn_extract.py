@@ -177,8 +177,6 @@ def test_rerun_skips_finished_videos(extracted, rerun):
         assert read(path) == extracted["after"][path]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a webm cut mid-stream decodes its first frames without error, so it is "
-                   "extracted with too few frames (no check against the container duration)")
 def test_video_cut_mid_stream_is_marked_failed(tmp_path):
     data = write_synthetic_ssv2(tmp_path, train_per_class=0, val_per_class=1, test_videos=0, num_frames=NUM_FRAMES, width=32, height=32, short_videos=0)
     video_id = data.validation[0]["id"]
