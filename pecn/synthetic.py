@@ -35,7 +35,8 @@ DISTRACTOR_TEMPLATES = [
     "Pushing something so that it slightly moves",
 ]
 OBJECTS = {"red block": (220, 40, 40), "blue cup": (40, 80, 220), "green box": (40, 170, 60), "yellow sponge": (230, 200, 40), "purple book": (140, 60, 170)}
-RECEIVERS = {"a white plate": (240, 240, 235), "a grey box": (120, 120, 125), "a brown bowl": (120, 70, 30), "a striped towel": (30, 160, 170)}
+RECEIVERS = {"a white plate": (240, 240, 235), "a grey box": (120, 120, 125), "a brown bowl": (120, 70, 30), "a blue tray": (30, 160, 170)}
+COVERS = {"a towel": (245, 245, 240), "a cloth": (200, 60, 120), "a paper": (250, 250, 200)}
 SKIN = (225, 180, 150)
 TABLE_TOP = 0.75  # normalised y of the table surface
 
@@ -121,9 +122,9 @@ def _move_depth(towards: bool):
 
 
 def _across_surface(falls: bool):
-    # The table ends at x = 0.7; the block stops before the edge, or goes over it and falls.
+    # The table ends at x = 0.7 above a dark floor; the block stops before the edge, or goes over it and falls.
     def scene(c, t, obj, other):
-        _box(c, 0.35, (TABLE_TOP + 1) / 2, 0.7, 1 - TABLE_TOP, (150, 110, 70))
+        _box(c, 0.85, (TABLE_TOP + 1) / 2, 0.3, 1 - TABLE_TOP, (70, 60, 55))
         x = _lerp(min(t / 0.6, 1.0), 0.15, 0.82 if falls else 0.55)
         y = _fall(t, 0.6, 0.85, RESTING, 1 - OH / 2) if falls else RESTING
         _box(c, x, y, OW, OH, obj)
@@ -212,7 +213,7 @@ SCENES: dict[str, Callable] = {
 def render_video(template: str, placeholders: list[str], num_frames: int, width: int, height: int, background: np.ndarray) -> list[np.ndarray]:
     """RGB uint8 frames of the scene for `template`, coloured by its placeholders."""
     scene = SCENES.get(template, _still)
-    colors = {**OBJECTS, **RECEIVERS}
+    colors = {**OBJECTS, **RECEIVERS, **COVERS}
     obj = colors[placeholders[0]]
     other = colors[placeholders[1]] if len(placeholders) > 1 else (90, 90, 90)
     frames = []
@@ -238,7 +239,8 @@ def pick_placeholders(template: str, rng: np.random.Generator) -> list[str]:
     first = str(rng.choice(list(OBJECTS)))
     if bracket_template(template).count("[something]") == 1:
         return [first]
-    pool = [name for name in (OBJECTS if " and something" in template else RECEIVERS) if name != first]
+    kind = OBJECTS if " and something" in template else COVERS if template.startswith("Covering") else RECEIVERS
+    pool = [name for name in kind if name != first]
     return [first, str(rng.choice(pool))]
 
 

@@ -186,3 +186,40 @@ def test_video_cut_mid_stream_is_marked_failed(tmp_path):
 
     result = extract_video(path, video_id, {(16, 16): tmp_path / "frames_16x16"})
     assert result.status == "failed"
+
+
+def object_track(frames, color, tolerance=45):
+    """Per frame: (pixel count, centre x, centre y) of the pixels near `color`, x and y normalised to [0, 1]."""
+    track = []
+    for frame in frames:
+        ys, xs = np.nonzero(np.abs(frame.astype(int) - color).max(axis=2) < tolerance)
+        height, width = frame.shape[:2]
+        track.append((len(xs), xs.mean() / width if len(xs) else np.nan, ys.mean() / height if len(ys) else np.nan))
+    return track
+
+
+def test_synthetic_videos_show_the_motion_of_their_label(tmp_path):
+    from pecn.synthetic import OBJECTS
+
+    data = write_synthetic_ssv2(tmp_path, train_per_class=1, val_per_class=0, test_videos=0, num_frames=24, width=96, height=64, short_videos=0)
+    checked = set()
+    for entry in data.train:
+        template = entry["template"].replace("[", "").replace("]", "")
+        (first_count, first_x, first_y), *_, (last_count, last_x, last_y) = object_track(decode(tmp_path / "videos" / f"{entry['id']}.webm"), OBJECTS[entry["placeholders"][0]])
+        assert first_count > 50, template
+        if template.endswith("from left to right"):
+            assert last_x - first_x > 0.3, template
+        elif template.endswith("from right to left"):
+            assert first_x - last_x > 0.3, template
+        elif template == "Moving something up":
+            assert first_y - last_y > 0.2, template
+        elif template in ("Moving something down", "Dropping something onto something", "Dropping something next to something"):
+            assert last_y - first_y > 0.2, template
+        elif template == "Moving something towards the camera":
+            assert last_count > 2 * first_count, template
+        elif template in ("Covering something with something", "Dropping something into something"):
+            assert last_count < 0.1 * first_count, template
+        else:
+            continue
+        checked.add(template)
+    assert len(checked) == 11
