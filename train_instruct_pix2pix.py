@@ -10,7 +10,6 @@ The structure and flags follow diffusers' examples/instruct_pix2pix/train_instru
 
 import argparse
 import logging
-import math
 import re
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from common.checkpoints import register_trainable_weights_hooks, resume_training, save_checkpoint
+from common.checkpoints import save_checkpoint
 from common.conditioning import conditioning_dropout_masks
 from common.trackers import log_validation_images
 from pecn.visualize import comparison_grid
@@ -31,17 +30,14 @@ from common.training import (
     create_accelerator,
     create_ema,
     create_generator,
-    create_lr_scheduler,
-    create_optimizer,
     ema_weights_swapped_in,
     log_weight_checksums,
+    prepare_training,
     enable_memory_efficient_attention,
     epoch_batches,
     inference_precision,
-    init_trackers,
     run_cli,
     setup_logging,
-    training_length,
     weight_dtype,
 )
 
@@ -215,23 +211,16 @@ def main(argv=None):
     with torch.no_grad():
         null_text_embedding = text_encoder(null_prompt_ids.to(accelerator.device))[0].float()
 
-    optimizer = create_optimizer(unet.parameters(), args, accelerator.num_processes, args.train_batch_size)
-    max_train_steps, num_train_epochs, steps_per_epoch = training_length(args, math.ceil(len(dataloader) / accelerator.num_processes))
-    lr_scheduler = create_lr_scheduler(optimizer, args, max_train_steps, accelerator.num_processes)
-    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
-    register_trainable_weights_hooks(accelerator)
-    init_trackers(accelerator, "instruct_pix2pix", args)
-
-    # Resume: step count, optimizer, LR schedule, EMA, random streams and the position in the epoch.
-    global_step, first_epoch, batches_to_skip = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
+    # Optimizer, schedule, Accelerate, trackers; resume restores step, optimizer, schedule, EMA and random streams.
+    unet, optimizer, dataloader, lr_scheduler, plan = prepare_training(
+        accelerator, args, unet, unet.parameters(), dataloader, args.train_batch_size, "instruct_pix2pix", ema, ema_names, generator)
+    global_step, max_train_steps = plan.global_step, plan.max_train_steps
 
     logger.info("%d pairs, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation",
-                len(train_dataset), num_train_epochs, max_train_steps, args.train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
+                len(train_dataset), plan.num_train_epochs, max_train_steps, args.train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
-    for epoch in range(first_epoch, num_train_epochs):
-        for batch in epoch_batches(accelerator, dataloader, epoch, batches_to_skip if epoch == first_epoch else 0):
+    for epoch in range(plan.first_epoch, plan.num_train_epochs):
+        for batch in epoch_batches(accelerator, dataloader, epoch, plan.batches_to_skip if epoch == plan.first_epoch else 0):
             with accelerator.accumulate(unet):
                 # Encode: target latents (sampled, scaled), input-image latents (mode, unscaled), prompts.
                 with torch.no_grad():
@@ -275,7 +264,7 @@ def main(argv=None):
                 break
 
         # Validation every --validation_epochs epochs and at the end, with the EMA weights if used.
-        is_last = global_step >= max_train_steps or epoch == num_train_epochs - 1
+        is_last = global_step >= max_train_steps or epoch == plan.num_train_epochs - 1
         if val_dataset is not None and accelerator.is_main_process and ((epoch + 1) % args.validation_epochs == 0 or is_last):
             with ema_weights_swapped_in(ema, list(accelerator.unwrap_model(unet).parameters())):
                 pipeline = load_pipeline(args, accelerator.unwrap_model(unet), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)

@@ -10,13 +10,12 @@ contrastive loss (genex/spherical.py). See DESIGN.md for the formulas.
 
 import argparse
 import logging
-import math
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from common.checkpoints import register_trainable_weights_hooks, resume_training, save_checkpoint
+from common.checkpoints import save_checkpoint
 from common.conditioning import conditioning_dropout_masks
 from common.trackers import log_validation_videos
 from common.training import (
@@ -29,15 +28,12 @@ from common.training import (
     create_generator,
     ema_weights_swapped_in,
     log_weight_checksums,
-    create_lr_scheduler,
-    create_optimizer,
+    prepare_training,
     enable_memory_efficient_attention,
     epoch_batches,
     inference_precision,
-    init_trackers,
     run_cli,
     setup_logging,
-    training_length,
     weight_dtype,
 )
 from common.video import write_mp4
@@ -204,28 +200,21 @@ def main(argv=None):
     generator = create_generator(accelerator, args.seed)
     logger.info("Training %.1f M of %.1f M UNet parameters", sum(p.numel() for _, p in trainable) / 1e6, sum(p.numel() for p in unet.parameters()) / 1e6)
 
-    # Data, optimizer and schedule.
+    # Data: random windows of frames from every folder under --base_folder.
     dataset = FrameFolderDataset(args.base_folder, args.num_frames, args.width, args.height, seed=args.seed or 0)
     dataloader = DataLoader(dataset, batch_size=args.per_gpu_batch_size, shuffle=True, num_workers=args.num_workers)
-    optimizer = create_optimizer([p for _, p in trainable], args, accelerator.num_processes, args.per_gpu_batch_size)
-    max_train_steps, num_train_epochs, steps_per_epoch = training_length(args, math.ceil(len(dataloader) / accelerator.num_processes))
-    lr_scheduler = create_lr_scheduler(optimizer, args, max_train_steps, accelerator.num_processes)
-    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
-    register_trainable_weights_hooks(accelerator)
-    init_trackers(accelerator, "genex_explorer", args)
-
-    # Resume: step count, optimizer, LR schedule, EMA, random streams and the position in the epoch.
-    global_step, first_epoch, batches_to_skip = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
+    # Optimizer, schedule, Accelerate, trackers; resume restores step, optimizer, schedule, EMA and random streams.
+    unet, optimizer, dataloader, lr_scheduler, plan = prepare_training(
+        accelerator, args, unet, [p for _, p in trainable], dataloader, args.per_gpu_batch_size, "genex_explorer", ema, ema_names, generator)
+    global_step, max_train_steps = plan.global_step, plan.max_train_steps
 
     logger.info("%d clips, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation",
-                len(dataset), num_train_epochs, max_train_steps, args.per_gpu_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
+                len(dataset), plan.num_train_epochs, max_train_steps, args.per_gpu_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
     fps_id = fps_id_for(args.fps)
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
-    for epoch in range(first_epoch, num_train_epochs):
+    for epoch in range(plan.first_epoch, plan.num_train_epochs):
         dataset.set_epoch(epoch)
-        for batch in epoch_batches(accelerator, dataloader, epoch, batches_to_skip if epoch == first_epoch else 0):
+        for batch in epoch_batches(accelerator, dataloader, epoch, plan.batches_to_skip if epoch == plan.first_epoch else 0):
             with accelerator.accumulate(unet):
                 # Encode: clean latents z0, the noise-augmented conditioning frame, its CLIP embedding.
                 frames = batch["pixel_values"].to(accelerator.device, dtype=dtype)

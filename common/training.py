@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -168,6 +169,37 @@ def init_trackers(accelerator, project: str, args) -> None:
     """Start TensorBoard / wandb with the run's flags as its configuration."""
     if accelerator.is_main_process:
         accelerator.init_trackers(project, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+
+@dataclasses.dataclass
+class TrainingPlan:
+    """How long the run is and where it starts (after a resume, mid-run)."""
+
+    max_train_steps: int
+    num_train_epochs: int
+    global_step: int
+    first_epoch: int
+    batches_to_skip: int
+
+
+def prepare_training(accelerator, args, model, params, dataloader, batch_size: int, project: str, ema=None, ema_names=None, generator=None):
+    """Optimizer, LR schedule, Accelerate wrapping, checkpoint hooks, trackers and resume, the same for both scripts.
+
+    Returns (model, optimizer, dataloader, lr_scheduler, plan).
+    """
+    from common.checkpoints import register_trainable_weights_hooks, resume_training
+
+    optimizer = create_optimizer(params, args, accelerator.num_processes, batch_size)
+    max_train_steps, num_train_epochs, steps_per_epoch = training_length(args, math.ceil(len(dataloader) / accelerator.num_processes))
+    lr_scheduler = create_lr_scheduler(optimizer, args, max_train_steps, accelerator.num_processes)
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+    register_trainable_weights_hooks(accelerator)
+    init_trackers(accelerator, project, args)
+    global_step, first_epoch, batches_to_skip = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
+    plan = TrainingPlan(max_train_steps, num_train_epochs, global_step, first_epoch, batches_to_skip)
+    return model, optimizer, dataloader, lr_scheduler, plan
 
 
 def create_ema(named_params: list[tuple[str, torch.nn.Parameter]], decay: float):
