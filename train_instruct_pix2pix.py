@@ -32,6 +32,7 @@ from common.training import (
     create_generator,
     ema_weights_swapped_in,
     log_weight_checksums,
+    model_folder_error,
     prepare_training,
     enable_memory_efficient_attention,
     epoch_batches,
@@ -95,7 +96,7 @@ def load_models(args):
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", variant=args.variant)
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=args.variant)
     except (OSError, ValueError) as error:
-        raise SetupError(f"{path}: not a Stable Diffusion / InstructPix2Pix pipeline folder ({str(error).splitlines()[0]})") from None
+        raise model_folder_error(path, error, "Stable Diffusion / InstructPix2Pix", args.variant) from None
     # InstructPix2Pix conditions on the input image latents: 4 noisy + 4 image channels.
     return noise_scheduler, tokenizer, text_encoder, vae, expand_conv_in(unet)
 

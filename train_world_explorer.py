@@ -28,6 +28,7 @@ from common.training import (
     create_generator,
     ema_weights_swapped_in,
     log_weight_checksums,
+    model_folder_error,
     prepare_training,
     enable_memory_efficient_attention,
     epoch_batches,
@@ -95,7 +96,7 @@ def load_models(args):
         unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet", variant=args.variant)
         EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
     except (OSError, ValueError) as error:
-        raise SetupError(f"{path}: not a Stable Video Diffusion pipeline folder ({str(error).splitlines()[0]})") from None
+        raise model_folder_error(path, error, "Stable Video Diffusion", args.variant) from None
     if unet.config.in_channels != 2 * vae.config.latent_channels:
         raise SetupError(f"{path}: unet takes {unet.config.in_channels} input channels, SVD needs 2 x {vae.config.latent_channels} (noisy + conditioning latents)")
     return feature_extractor, image_encoder, vae, unet

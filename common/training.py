@@ -50,6 +50,17 @@ def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir.")
 
 
+def model_folder_error(path: str, error: Exception, kind: str, variant=None) -> SetupError:
+    """A one-line error for a base model that cannot be loaded, with the likely fix when there is one."""
+    folder = Path(path)
+    if not folder.exists() and (os.sep in path or path.startswith(".")):
+        return SetupError(f"{path}: folder does not exist")
+    hint = ""
+    if variant is None and folder.is_dir() and next(folder.glob("*/*.fp16.safetensors"), None) is not None:
+        hint = "; it holds fp16 weight files: add --variant fp16"
+    return SetupError(f"{path}: not a {kind} pipeline folder ({str(error).splitlines()[0]}){hint}")
+
+
 def check_shared_args(args) -> None:
     """Refuse flag values that cannot work, before any model is loaded."""
     if args.gradient_accumulation_steps < 1:

@@ -119,10 +119,15 @@ def test_quick_test_script_runs_the_whole_path(tmp_path):
     assert (tmp_path / "out" / "train.log").is_file() and (tmp_path / "out" / "model_index.json").is_file()
 
 
-def test_bad_frame_indices_are_one_line_errors(setup, tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "train_instruct_pix2pix.py"), *base_args(setup, tmp_path / "x", 1),
-                             "--input_frame_idx=21", "--target_frame_idx=20"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--target_frame_idx" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("flags, message", [
+    (["--input_frame_idx=21", "--target_frame_idx=20"], "--target_frame_idx"),
+    (["--target_frame_idx=500"], "no pair of frames 20 -> 500"),
+    (["--pretrained_model_name_or_path=./missing/model"], "folder does not exist"),
+])
+def test_bad_input_is_a_one_line_error(setup, tmp_path, flags, message):
+    result = subprocess.run([sys.executable, str(REPO / "train_instruct_pix2pix.py"), *base_args(setup, tmp_path / "x", 1), *flags],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_mirror_prompt_swaps_left_and_right():

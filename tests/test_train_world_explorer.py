@@ -172,6 +172,8 @@ def test_sampler_writes_video_at_the_panorama_aspect(trained, setup, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--validation_images_folder=/nonexistent/panoramas"], "validation images folder does not exist"),
     (["--num_scl_samples=0"], "--num_scl_samples"),
+    (["--pretrained_model_name_or_path=./missing/svd"], "folder does not exist"),
+    (["--width=66"], "must be multiples of"),
 ])
 def test_bad_flags_are_one_line_errors(setup, tmp_path, flags, message):
     result = subprocess.run([sys.executable, str(REPO / "train_world_explorer.py"), *base_args(setup, tmp_path / "x", 1), *flags],
