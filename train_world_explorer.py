@@ -194,24 +194,30 @@ def main(argv=None):
     vae.requires_grad_(False).to(accelerator.device, dtype=dtype)
     image_encoder.requires_grad_(False).to(accelerator.device, dtype=dtype)
     trainable = freeze_all_but_temporal_blocks(unet, dtype)
+    trainable_params = [p for _, p in trainable]
     enable_memory_efficient_attention(unet, args.enable_xformers_memory_efficient_attention)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     ema, ema_names = create_ema(trainable, args.ema_decay) if args.use_ema else (None, None)
     generator = create_generator(accelerator, args.seed)
-    logger.info("Training %.1f M of %.1f M UNet parameters", sum(p.numel() for _, p in trainable) / 1e6, sum(p.numel() for p in unet.parameters()) / 1e6)
+    logger.info("Training %.1f M of %.1f M UNet parameters", sum(p.numel() for p in trainable_params) / 1e6, sum(p.numel() for p in unet.parameters()) / 1e6)
 
     # Data: random windows of frames from every folder under --base_folder.
     dataset = FrameFolderDataset(args.base_folder, args.num_frames, args.width, args.height, seed=args.seed or 0)
     dataloader = DataLoader(dataset, batch_size=args.per_gpu_batch_size, shuffle=True, num_workers=args.num_workers)
     # Optimizer, schedule, Accelerate, trackers; resume restores step, optimizer, schedule, EMA and random streams.
     unet, optimizer, dataloader, lr_scheduler, plan = prepare_training(
-        accelerator, args, unet, [p for _, p in trainable], dataloader, args.per_gpu_batch_size, "genex_explorer", ema, ema_names, generator)
+        accelerator, args, unet, trainable_params, dataloader, args.per_gpu_batch_size, "genex_explorer", ema, ema_names, generator)
     global_step, max_train_steps = plan.global_step, plan.max_train_steps
 
     logger.info("%d clips, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation",
                 len(dataset), plan.num_train_epochs, max_train_steps, args.per_gpu_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
     fps_id = fps_id_for(args.fps)
+
+    def scl_encoder(pixels):
+        """SCL's E: the VAE's posterior mode, scaled (deterministic, so both branches see the same encoder)."""
+        return encode_video_latents(vae, pixels, chunk_size=args.decode_chunk_size, sample=False).float()
+
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     for epoch in range(plan.first_epoch, plan.num_train_epochs):
         dataset.set_epoch(epoch)
@@ -244,7 +250,7 @@ def main(argv=None):
                 if args.scl_loss:
                     x_pred = decode_x0(vae, D.to(dtype), args.decode_chunk_size)
                     thetas = sample_yaw_angles(args.num_scl_samples, generator)
-                    loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, lambda x: encode_video_latents(vae, x, chunk_size=args.decode_chunk_size, sample=False).float())
+                    loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, scl_encoder)
                     beta = args.scl_beta if args.scl_beta is not None else scl_beta_released(global_step, max_train_steps)
                     loss, beta_used = combine_edm_scl(loss_edm, loss_scl, beta)
                     logs.update(loss_scl=loss_scl.detach().item(), scl_beta=float(beta_used))
@@ -252,7 +258,7 @@ def main(argv=None):
                 # Step (gradients are averaged across processes by DDP).
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    logs["grad_norm"] = float(accelerator.clip_grad_norm_([p for _, p in trainable], args.max_grad_norm))
+                    logs["grad_norm"] = float(accelerator.clip_grad_norm_(trainable_params, args.max_grad_norm))
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -261,7 +267,7 @@ def main(argv=None):
                 continue
             # EMA, logging, checkpoint and validation happen once per optimizer step.
             if ema is not None:
-                ema.step([p for _, p in trainable])
+                ema.step(trainable_params)
             global_step += 1
             progress.update(1)
             logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
@@ -271,19 +277,19 @@ def main(argv=None):
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
             is_last = global_step >= max_train_steps
             if args.validation_images_folder and (global_step % args.validation_steps == 0 or is_last) and accelerator.is_main_process:
-                with ema_weights_swapped_in(ema, [p for _, p in trainable]):
+                with ema_weights_swapped_in(ema, trainable_params):
                     validate(args, accelerator, unet, vae, image_encoder, feature_extractor, global_step)
             if is_last:
                 break
         if global_step >= max_train_steps:
             break
 
-    log_weight_checksums(accelerator, [p for _, p in trainable])
+    log_weight_checksums(accelerator, trainable_params)
 
     # Save: the EMA weights if used, inside a complete pipeline folder.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        with ema_weights_swapped_in(ema, [p for _, p in trainable]):
+        with ema_weights_swapped_in(ema, trainable_params):
             save_final_pipeline(args, accelerator, unet)
     accelerator.end_training()
 
