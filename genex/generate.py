@@ -21,9 +21,12 @@ def list_images(folder, limit=None) -> list[Path]:
 
 
 def load_rgb(path) -> Image.Image:
+    """An image as 8-bit RGB, converted as training frames are (16-bit scaled, alpha over white)."""
+    from genex.data import to_rgb
+
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except OSError as error:
         raise ValueError(f"{path}: cannot read image ({error})") from None
 
