@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from common.training import SetupError, flush_denormals, run_cli
+from common.training import flush_denormals, model_folder_error, run_cli
 from common.video import write_mp4
 
 logger = logging.getLogger("sample_world_explorer")
@@ -59,7 +59,7 @@ def main(argv=None):
     try:
         pipeline = StableVideoDiffusionPipeline.from_pretrained(args.model_dir, torch_dtype=dtype)
     except (OSError, ValueError) as error:
-        raise SetupError(f"{args.model_dir}: not a Stable Video Diffusion pipeline folder ({str(error).splitlines()[0]})") from None
+        raise model_folder_error(args.model_dir, error, "Stable Video Diffusion") from None
     pipeline.to(args.device)
 
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
