@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from common.files import write_atomic
-from common.training import SetupError, flush_denormals, run_cli
+from common.training import SetupError, flush_denormals, model_folder_error, run_cli
 
 logger = logging.getLogger("sample_from_pix2pix")
 
@@ -115,7 +115,7 @@ def load_pipeline(model_dir: str, device: str):
             folder, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
     except (OSError, ValueError, TypeError) as error:
-        raise SetupError(f"{model_dir}: not an InstructPix2Pix pipeline folder ({str(error).splitlines()[0]})") from None
+        raise model_folder_error(model_dir, error, "InstructPix2Pix") from None
     # A text-to-image folder loads too, but its 4-channel UNet cannot take the input-image latents.
     if pipeline.unet.config.in_channels != 8:
         raise SetupError(f"{model_dir}: UNet has {pipeline.unet.config.in_channels} input channels, an InstructPix2Pix UNet has 8 (noisy + input-image latents)")
@@ -124,15 +124,12 @@ def load_pipeline(model_dir: str, device: str):
 
 
 def predict(pipeline, example: dict, args, index: int):
-    """One prediction, drawn with its own generator (seed + index) and sized like the ground truth."""
+    """One prediction, drawn with its own generator (seed + index), so it does not depend on the samples before it."""
+    from pecn.predict import predict_frame
+
     generator = torch.Generator(device=args.device).manual_seed(args.seed + index)
-    prediction = pipeline(
-        example["edit_prompt"], image=example["input_image"], num_inference_steps=args.num_inference_steps,
-        image_guidance_scale=args.image_guidance_scale, guidance_scale=args.guidance_scale, generator=generator,
-    ).images[0]
-    # The pipeline rounds sizes down to a multiple of the VAE's downsampling factor.
-    target_size = example["edited_image"].size
-    return prediction if prediction.size == target_size else prediction.resize(target_size, resample=3)
+    return predict_frame(pipeline, example["input_image"], example["edit_prompt"], args.num_inference_steps,
+                         args.image_guidance_scale, args.guidance_scale, generator)
 
 
 def score(example: dict, prediction, lpips_scorer) -> dict:

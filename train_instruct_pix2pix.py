@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from common.checkpoints import save_checkpoint
 from common.conditioning import conditioning_dropout_masks
 from common.trackers import log_validation_images
+from pecn.predict import predict_frame
 from pecn.visualize import comparison_grid
 from common.training import (
     SetupError,
@@ -164,10 +165,8 @@ def validate(args, accelerator, pipeline, val_dataset, epoch: int, step: int) ->
     grids = {}
     with inference_precision(accelerator, [pipeline.unet, pipeline.vae, pipeline.text_encoder]):
         for example in val_dataset.select(range(min(args.num_validation_images, len(val_dataset)))):
-            prediction = pipeline(
-                example["edit_prompt"], image=example["input_image"], num_inference_steps=args.validation_num_inference_steps,
-                image_guidance_scale=args.validation_image_guidance_scale, guidance_scale=args.validation_guidance_scale, generator=generator,
-            ).images[0]
+            prediction = predict_frame(pipeline, example["input_image"], example["edit_prompt"], args.validation_num_inference_steps,
+                                       args.validation_image_guidance_scale, args.validation_guidance_scale, generator)
             name = f"{example['id']}"
             grids[name] = comparison_grid([example["input_image"], example["edited_image"], prediction])
             Image.fromarray(grids[name]).save(folder / f"{name}.png")

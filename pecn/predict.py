@@ -1,0 +1,14 @@
+"""One InstructPix2Pix prediction of the future frame, the same for validation and sampling."""
+
+from PIL import Image
+
+
+def predict_frame(pipeline, input_image: Image.Image, prompt: str, num_inference_steps: int,
+                  image_guidance_scale: float, guidance_scale: float, generator=None) -> Image.Image:
+    """The predicted frame for (`input_image`, `prompt`), at the input frame's size."""
+    prediction = pipeline(
+        prompt, image=input_image, num_inference_steps=num_inference_steps,
+        image_guidance_scale=image_guidance_scale, guidance_scale=guidance_scale, generator=generator,
+    ).images[0]
+    # The pipeline rounds sizes down to a multiple of the VAE's downsampling factor.
+    return prediction if prediction.size == input_image.size else prediction.resize(input_image.size, resample=Image.Resampling.BICUBIC)
