@@ -108,17 +108,21 @@ def check_resolution(args, vae, unet) -> None:
         raise SetupError(f"--width {args.width} and --height {args.height} must be multiples of {multiple} for this model")
 
 
-def freeze_all_but_temporal_blocks(unet, dtype) -> list:
-    """Only temporal transformer blocks train; every other weight is frozen and held in `dtype`."""
-    trainable = []
+def select_temporal_blocks(unet) -> list:
+    """Make exactly the temporal transformer blocks trainable; returns them as (name, parameter)."""
     for name, param in unet.named_parameters():
         param.requires_grad_(TRAINABLE_MARKER in name)
-        if param.requires_grad:
-            trainable.append((name, param))
-        else:
-            param.data = param.data.to(dtype)
+    return [(name, param) for name, param in unet.named_parameters() if param.requires_grad]
+
+
+def freeze_all_but_temporal_blocks(unet, dtype) -> list:
+    """Only temporal transformer blocks train; every other weight is frozen and held in `dtype`."""
+    trainable = select_temporal_blocks(unet)
     if not trainable:
         raise SetupError(f"the UNet has no parameters named *{TRAINABLE_MARKER}*: is it an SVD UNet?")
+    for param in unet.parameters():
+        if not param.requires_grad:
+            param.data = param.data.to(dtype)
     return trainable
 
 
@@ -156,8 +160,7 @@ def save_final_pipeline(args, accelerator, unet) -> None:
     from common.checkpoints import load_trainable_state_dict, trainable_state_dict
 
     final_unet = UNetSpatioTemporalConditionModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet", variant=args.variant)
-    for name, param in final_unet.named_parameters():
-        param.requires_grad_(TRAINABLE_MARKER in name)
+    select_temporal_blocks(final_unet)
     load_trainable_state_dict(final_unet, trainable_state_dict(accelerator.unwrap_model(unet)), "trained UNet")
     pipeline = StableVideoDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, unet=final_unet, variant=args.variant)
     pipeline.save_pretrained(args.output_dir)
@@ -243,7 +246,7 @@ def main(argv=None):
                 time_ids = add_time_ids(fps_id, args.motion_bucket_id, cond_sigma).to(accelerator.device)
                 D = denoise(unet, noisy, sigma, cond_latents, clip_embedding, time_ids)
                 loss_edm = edm_loss(D, z0, sigma)
-                logs = {"loss_edm": loss_edm.detach().item()}
+                logs = {"loss_edm": loss_edm.detach()}
 
                 # Spherical contrastive loss on the decoded x0 estimate, rotated in yaw.
                 loss = loss_edm
@@ -253,12 +256,12 @@ def main(argv=None):
                     loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, scl_encoder)
                     beta = args.scl_beta if args.scl_beta is not None else scl_beta_released(global_step, max_train_steps)
                     loss, beta_used = combine_edm_scl(loss_edm, loss_scl, beta)
-                    logs.update(loss_scl=loss_scl.detach().item(), scl_beta=float(beta_used))
+                    logs.update(loss_scl=loss_scl.detach(), scl_beta=beta_used)
 
                 # Step (gradients are averaged across processes by DDP).
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    logs["grad_norm"] = float(accelerator.clip_grad_norm_(trainable_params, args.max_grad_norm))
+                    logs["grad_norm"] = accelerator.clip_grad_norm_(trainable_params, args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -270,7 +273,7 @@ def main(argv=None):
                 ema.step(trainable_params)
             global_step += 1
             progress.update(1)
-            logs.update(loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
+            logs = {key: float(value) for key, value in logs.items()} | {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             accelerator.log(logs, step=global_step)
             if global_step % args.checkpointing_steps == 0:
