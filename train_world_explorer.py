@@ -178,7 +178,7 @@ def main(argv=None):
         encode_video_latents,
         fps_id_for,
     )
-    from genex.data import FrameFolderDataset
+    from genex.data import FrameFolderDataset, to_model_range
     from genex.edm import append_dims, denoise, edm_loss, sample_cond_sigma, sample_sigma
     from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, spherical_contrastive_loss
 
@@ -227,7 +227,7 @@ def main(argv=None):
         for batch in epoch_batches(accelerator, dataloader, epoch, plan.batches_to_skip if epoch == plan.first_epoch else 0):
             with accelerator.accumulate(unet):
                 # Encode: clean latents z0, the noise-augmented conditioning frame, its CLIP embedding.
-                frames = batch["pixel_values"].to(accelerator.device, dtype=dtype)
+                frames = to_model_range(batch["pixel_values"].to(accelerator.device, non_blocking=True), dtype)
                 batch_size = frames.shape[0]
                 with torch.no_grad():
                     z0 = encode_video_latents(vae, frames, generator, args.decode_chunk_size).float()

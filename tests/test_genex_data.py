@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genex.data import FrameFolderDataset, find_frame_folders, natural_key, to_rgb
+from genex.data import FrameFolderDataset, find_frame_folders, load_frame, natural_key, to_model_range, to_rgb
 
 GREY_STEP = 10
 
@@ -21,8 +21,8 @@ def write_frames(folder: Path, count: int, size=(16, 8), names="frame_{}.png") -
 
 
 def frame_numbers(pixel_values: torch.Tensor) -> list[int]:
-    """Recover each frame's number - 1 from its grey level in a [-1, 1] clip."""
-    grey = (pixel_values.mean(dim=(1, 2, 3)) + 1) * 127.5
+    """Recover each frame's number - 1 from its grey level in a uint8 clip."""
+    grey = pixel_values.float().mean(dim=(1, 2, 3))
     return [round(g / GREY_STEP) for g in grey.tolist()]
 
 
@@ -33,8 +33,7 @@ def test_natural_order_and_output_format(tmp_path):
     item = dataset[0]
     # frame_2 comes before frame_10: numbers are compared by value, not as text.
     assert frame_numbers(item["pixel_values"]) == list(range(12))
-    assert item["pixel_values"].shape == (12, 3, 6, 10) and item["pixel_values"].dtype == torch.float32
-    assert item["pixel_values"].min() >= -1 and item["pixel_values"].max() <= 1
+    assert item["pixel_values"].shape == (12, 3, 6, 10) and item["pixel_values"].dtype == torch.uint8
     assert item["folder"] == str(tmp_path / "video")
     assert sorted(["frame_10", "frame_2", "frame_1"], key=natural_key) == ["frame_1", "frame_2", "frame_10"]
 
@@ -138,6 +137,43 @@ def test_mixed_modes_in_one_clip(tmp_path):
     Image.new("CMYK", (20, 10), (0, 0, 0, 0)).save(folder / "frame_4.jpg")
     clip = FrameFolderDataset(tmp_path, num_frames=4, width=8, height=4)[0]["pixel_values"]
     assert clip.shape == (4, 3, 4, 8)
-    means = ((clip.mean(dim=(2, 3)) + 1) * 127.5).round().tolist()
+    means = clip.float().mean(dim=(2, 3)).round().tolist()
     assert means[0] == [255, 0, 0] and means[1] == [128, 128, 128] and means[2] == [255, 255, 255]
     assert min(means[3]) >= 250
+
+
+def test_to_model_range_maps_0_255_to_minus_one_one():
+    pixels = torch.tensor([0, 1, 127, 128, 255], dtype=torch.uint8)
+    expected = torch.tensor([0, 1, 127, 128, 255], dtype=torch.float64) / 127.5 - 1
+    torch.testing.assert_close(to_model_range(pixels), expected.float())
+    assert to_model_range(pixels, torch.bfloat16).dtype == torch.bfloat16
+    assert to_model_range(pixels)[[0, -1]].tolist() == [-1.0, 1.0]
+    with pytest.raises(ValueError, match="uint8"):
+        to_model_range(pixels.float())
+
+
+def pillow_reference(path, width, height):
+    """The previous loader: Pillow decode, to_rgb, bicubic resize."""
+    with Image.open(path) as image:
+        image = to_rgb(image)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_jpeg_frames_decode_to_the_same_pixels_as_pillow(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    channels = {"RGB": 3, "L": 1, "CMYK": 4}[mode]
+    array = rng.integers(0, 256, (24, 40, channels), dtype=np.uint8)
+    Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode).save(tmp_path / "frame.jpg", quality=90)
+    for width, height in ((40, 24), (16, 8)):
+        frame = load_frame(tmp_path / "frame.jpg", width, height)
+        assert frame.dtype == np.uint8 and frame.shape == (height, width, 3)
+        assert np.array_equal(frame, pillow_reference(tmp_path / "frame.jpg", width, height))
+
+
+def test_unreadable_frame_names_the_file(tmp_path):
+    (tmp_path / "frame_1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(OSError, match="frame_1.jpg: cannot read image"):
+        load_frame(tmp_path / "frame_1.jpg", 8, 4)
