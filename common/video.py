@@ -3,7 +3,7 @@
 import io
 import os
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import av
 import numpy as np
@@ -28,6 +28,26 @@ def declared_frame_count(container, stream) -> int:
     return 0
 
 
+def still_image_format(container) -> Optional[str]:
+    """The image format when FFmpeg opened a still image (a PNG or JPEG named .mp4) as a one-frame video, else None."""
+    name = container.format.name
+    if name in ("image2", "image2pipe") or name.endswith("_pipe"):
+        return name.removesuffix("_pipe")
+    if name == "gif" and all(stream.frames <= 1 for stream in container.streams.video):
+        return name
+    return None
+
+
+def video_stream(container, name: str):
+    """The first video stream; a still image or a file without video is a VideoDecodeError naming `name`."""
+    image_format = still_image_format(container)
+    if image_format:
+        raise VideoDecodeError(f"{name}: is an image ({image_format}), not a video")
+    if not container.streams.video:
+        raise VideoDecodeError(f"{name}: no video stream")
+    return container.streams.video[0]
+
+
 def is_truncated(decoded: int, declared: int) -> bool:
     """Far fewer frames than the header declares: the file was cut (a few frames of slack for rounding)."""
     return declared > 0 and decoded < declared - max(2, declared // 10)
@@ -46,9 +66,7 @@ def iter_video_frames(source: VideoSource) -> Iterator[np.ndarray]:
     except (av.FFmpegError, OSError, ValueError) as error:
         raise VideoDecodeError(f"{name}: cannot open video ({error})") from None
     with container:
-        if not container.streams.video:
-            raise VideoDecodeError(f"{name}: no video stream")
-        stream = container.streams.video[0]
+        stream = video_stream(container, name)
         stream.thread_type = "AUTO"
         decoded = 0
         try:

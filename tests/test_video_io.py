@@ -1,5 +1,7 @@
 """common.video: one front-to-back decode, truncated and broken files named in one-line errors, playable H.264."""
 
+import io
+
 import av
 import numpy as np
 import pytest
@@ -32,15 +34,42 @@ def test_a_file_cut_mid_stream_is_an_error_naming_it(tmp_path, codec, container_
 
 
 def test_not_a_video_is_an_error_naming_it(tmp_path):
-    image = tmp_path / "frame.png"
-    Image.new("RGB", (16, 16)).save(image)
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
-    for path in (text,):
-        with pytest.raises(VideoDecodeError, match=path.name):
-            list(iter_video_frames(path))
-    # A still image opens as a one-frame video: callers see one frame, never a crash.
-    assert len(list(iter_video_frames(image))) == 1
+    with pytest.raises(VideoDecodeError, match=text.name):
+        list(iter_video_frames(text))
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "WEBP", "GIF"])
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_a_still_image_named_like_a_video_is_an_error_not_a_one_frame_video(tmp_path, image_format, suffix):
+    # FFmpeg opens a PNG or JPEG as a one-frame video; taken as such it would pass for a very short clip.
+    path = tmp_path / f"frame{suffix}"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(path, format=image_format)
+    with pytest.raises(VideoDecodeError, match=rf"{path.name}: is an image \(\w+\), not a video"):
+        list(iter_video_frames(path))
+    with pytest.raises(VideoDecodeError, match="is an image"):
+        list(iter_video_frames(path.read_bytes()))
+
+
+def test_a_one_frame_video_is_still_a_video():
+    data = encode_video_bytes(gradient_frames(1), codec="libx264", fps=12, container_format="mp4")
+    assert len(list(iter_video_frames(data))) == 1
+
+
+@pytest.mark.parametrize("cut", ["empty file", "header only"])
+def test_a_video_with_no_frames_is_an_error_naming_it(tmp_path, cut):
+    # Nothing to extract: it must not pass as a short video.
+    data = encode_video_bytes(gradient_frames(10), codec="libvpx-vp9", fps=12, container_format="webm")
+    path = tmp_path / "zero.webm"
+    path.write_bytes(b"" if cut == "empty file" else data[: first_packet_offset(data)])
+    with pytest.raises(VideoDecodeError, match=r"zero\.webm: (cannot open|no frame)"):
+        list(iter_video_frames(path))
+
+
+def first_packet_offset(data: bytes) -> int:
+    with av.open(io.BytesIO(data)) as container:
+        return min(packet.pos for packet in container.demux(video=0) if packet.pos is not None and packet.pos >= 0)
 
 
 def test_write_mp4_is_playable_h264_with_odd_sizes(tmp_path):
