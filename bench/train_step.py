@@ -1,0 +1,558 @@
+r"""The real training step of each script, timed part by part: data, VAE encode, CLIP / text encode,
+UNet forward+backward, SCL, optimizer; peak memory; model FLOPs and, on a GPU, model FLOP utilisation.
+
+    python -m bench.train_step --pipeline genex --tiny --compare scl cache
+    python -m bench.train_step --pipeline pecn --tiny
+    python -m bench.train_step --pipeline genex --full --mixed_precision bf16 --gradient_checkpointing   # SVD-xt 1024x576x25
+    python -m bench.train_step --pipeline genex --full --width 256 --height 128 --num_frames 4            # runs on a CPU
+
+The step is built from the functions the training scripts call, in their order, under the same
+Accelerator (autocast, loss scaling, gradient clipping), optimizer and LR schedule. `--tiny` uses the
+tiny random pipelines of genex/tiny.py and pecn/tiny.py; `--full` the full-size architectures of
+DESIGN.md with random weights (bench/full_size.py), so nothing is downloaded.
+
+How it is measured:
+- the device is synchronized before and after every part, so each part's time is its own;
+- GenEx's backward is split at the denoiser output D (the chain rule: the same gradients): the loss and
+  SCL's decode / re-encode with their backward are timed as `scl`, the UNet's forward and backward as
+  `unet_fwd_bwd`;
+- `step_ms` is the compute of one step (everything but data); `data_ms` is the DataLoader's work done
+  here in the main process (in training, --num_workers overlaps it); `total_ms` is both, the median of
+  interleaved rounds (bench.timing);
+- FLOPs are counted with torch.utils.flop_counter on one untimed step with gradient checkpointing off
+  (model FLOPs: recomputation is not counted); MFU = FLOPs / time / peak, peak 800 TFLOP/s bf16 on an
+  H100 or H200 (DESIGN.md), printed on a GPU only;
+- peak memory: torch.cuda.max_memory_allocated per configuration on a GPU; on a CPU the peak resident
+  memory of the whole process (it includes model construction and every configuration run).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import io
+import resource
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.timing import interleaved_medians, report
+
+GIB = 2**30
+# DESIGN.md: the practical bf16 matrix-product peak measured on the project's lent H100 / H200 machines.
+KNOWN_PEAK_TFLOPS = {"H100": 800.0, "H200": 800.0}
+RECIPE_BUDGET_GIB = 16.0
+# (width, height, num_frames, batch size) when not given.
+DEFAULT_SIZES = {
+    ("genex", "full"): (1024, 576, 25, 1),
+    ("genex", "tiny"): (64, 32, 4, 1),
+    ("pecn", "full"): (128, 128, None, 16),
+    ("pecn", "tiny"): (32, 32, None, 2),
+}
+PARTS = {
+    "genex": ["data", "vae_encode", "clip_encode", "unet_fwd_bwd", "scl", "optimizer"],
+    "pecn": ["data", "vae_encode", "text_encode", "unet_fwd_bwd", "optimizer"],
+}
+COMPARABLE = ("scl", "cache", "checkpointing")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """The switches that may differ between configurations timed side by side on the same models."""
+
+    name: str
+    scl: bool
+    cached: bool
+    checkpointing: bool
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", choices=["genex", "pecn"], required=True, help="genex: SVD temporal blocks (train_world_explorer.py); pecn: InstructPix2Pix (train_instruct_pix2pix.py).")
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("--tiny", action="store_true", help="The tiny random pipelines the tests use (CPU-friendly).")
+    size.add_argument("--full", action="store_true", help="The full-size architectures of DESIGN.md with random weights.")
+    parser.add_argument("--width", type=int, default=None, help="Pixels; default 1024 (genex --full), 128 (pecn --full), small with --tiny. PECN is square: --width = --height.")
+    parser.add_argument("--height", type=int, default=None, help="Pixels; defaults as --width (576 for genex --full).")
+    parser.add_argument("--num_frames", type=int, default=None, help="Frames per clip (genex only); default 25 with --full.")
+    parser.add_argument("--batch_size", type=int, default=None, help="Samples per step; default 1 (genex) or 16 (pecn --full).")
+    parser.add_argument("--mixed_precision", choices=["no", "bf16", "fp16"], default="no", help="As the scripts' flag: autocast, and frozen modules held in this dtype.")
+    parser.add_argument("--gradient_checkpointing", action="store_true", help="Recompute UNet activations in the backward pass.")
+    parser.add_argument("--scl_loss", action="store_true", help="GenEx: add the spherical contrastive loss.")
+    parser.add_argument("--num_scl_samples", type=int, default=3, help="GenEx: yaw rotations of the spherical contrastive loss.")
+    parser.add_argument("--decode_chunk_size", type=int, default=8, help="GenEx: frames per VAE call (encode, and SCL's decode).")
+    parser.add_argument("--cached_latents", action="store_true", help="GenEx: read VAE posterior statistics and CLIP embeddings from a latent cache instead of encoding frames (genex/latent_cache.py); the image encoder stays off the device.")
+    parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (needs bitsandbytes and a GPU).")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet.")
+    parser.add_argument("--compare", nargs="+", choices=COMPARABLE, default=None,
+                        help="Time, interleaved on the same models, the configuration with these switches off and with each one on (other flags as given); prints each one's step time relative to the first.")
+    parser.add_argument("--steps", type=int, default=3, help="Timed steps per configuration (interleaved rounds).")
+    parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per configuration first.")
+    parser.add_argument("--peak_tflops", type=float, default=None, help="Peak TFLOP/s for MFU; default 800 on an H100 or H200 (DESIGN.md), MFU n/a on other devices.")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu", help="Default cuda when available.")
+    args = parser.parse_args(argv)
+    return resolve_args(parser, args)
+
+
+def resolve_args(parser, args):
+    """Fill the pipeline's default sizes and refuse combinations that cannot run."""
+    defaults = DEFAULT_SIZES[(args.pipeline, "full" if args.full else "tiny")]
+    args.width = args.width or defaults[0]
+    args.height = args.height or (args.width if args.pipeline == "pecn" else defaults[1])
+    args.batch_size = args.batch_size or defaults[3]
+    if args.pipeline == "genex":
+        args.num_frames = args.num_frames or defaults[2]
+    else:
+        genex_only = [flag for flag, value in [("--num_frames", args.num_frames), ("--scl_loss", args.scl_loss), ("--cached_latents", args.cached_latents)] if value]
+        genex_only += [f"--compare {name}" for name in args.compare or [] if name != "checkpointing"]
+        if genex_only:
+            parser.error(f"{', '.join(genex_only)}: GenEx only")
+        if args.width != args.height:
+            parser.error(f"PECN trains square images: --width {args.width} and --height {args.height} differ")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        parser.error("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
+    if args.steps < 1 or args.warmup < 0 or args.num_scl_samples < 1 or args.batch_size < 1:
+        parser.error("--steps, --num_scl_samples and --batch_size must be >= 1, --warmup >= 0")
+    return args
+
+
+def step_configs(args) -> list[StepConfig]:
+    """The flags' configuration, or with --compare: the compared switches all off, then each one on."""
+    base = dict(scl=args.scl_loss, cached=args.cached_latents, checkpointing=args.gradient_checkpointing)
+    if not args.compare:
+        return [StepConfig("run", **base)]
+    fields = {"scl": "scl", "cache": "cached", "checkpointing": "checkpointing"}
+    off = base | {fields[name]: False for name in args.compare}
+    return [StepConfig("base", **off)] + [StepConfig(f"+{name}", **(off | {fields[name]: True})) for name in args.compare]
+
+
+class StepTimer:
+    """Seconds per named part of each step (device synchronized around each part) or, while counting, FLOPs per part."""
+
+    def __init__(self, synchronize):
+        self.synchronize = synchronize
+        self.steps: dict[str, list[dict]] = defaultdict(list)
+        self.current = None
+        self.flops = None
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        if self.flops is not None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                yield
+            self.flops[name] += counter.get_total_flops()
+            return
+        self.synchronize()
+        start = time.perf_counter()
+        yield
+        self.synchronize()
+        if self.current is not None:
+            self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def step(self, config_name: str):
+        """Record the parts and the wall time of one step of `config_name`."""
+        self.current = {}
+        self.synchronize()
+        start = time.perf_counter()
+        yield
+        self.synchronize()
+        self.current["wall"] = time.perf_counter() - start
+        self.steps[config_name].append(self.current)
+        self.current = None
+
+    def count_flops(self, run) -> dict[str, int]:
+        """FLOPs per part of one call of `run` (not timed)."""
+        self.flops = defaultdict(int)
+        try:
+            run()
+            return dict(self.flops)
+        finally:
+            self.flops = None
+
+    def medians(self, config_name: str) -> dict[str, float]:
+        """Median seconds per part, and of `compute` (the step's wall time less its data part)."""
+        steps = self.steps[config_name]
+        names = {name for step in steps for name in step}
+        medians = {name: statistics.median(step.get(name, 0.0) for step in steps) for name in names}
+        medians["compute"] = statistics.median(step["wall"] - step.get("data", 0.0) for step in steps)
+        return medians
+
+
+def shared_training_args(args, output_dir: str):
+    """The scripts' own optimisation flags (add_shared_training_args) with their defaults and this run's switches."""
+    from common.training import add_shared_training_args, check_shared_args
+
+    parser = argparse.ArgumentParser()
+    add_shared_training_args(parser)
+    argv = ["--output_dir", output_dir, "--mixed_precision", args.mixed_precision, "--report_to", "none"]
+    argv += ["--use_8bit_adam"] * args.use_8bit_adam + ["--gradient_checkpointing"] * args.gradient_checkpointing
+    shared = parser.parse_args(argv)
+    check_shared_args(shared)
+    return shared
+
+
+def create_accelerator(args):
+    from accelerate import Accelerator
+
+    from common.training import flush_denormals
+
+    flush_denormals()
+    return Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
+
+
+def prepare_optimisation(accelerator, shared, unet, params, batch_size: int):
+    """AdamW (or 8-bit AdamW) and the LR schedule of common.training, wrapped by Accelerate with the UNet."""
+    from common.training import create_lr_scheduler, create_optimizer
+
+    optimizer = create_optimizer(params, shared, accelerator.num_processes, batch_size)
+    lr_scheduler = create_lr_scheduler(optimizer, shared, max_train_steps=10**6, num_processes=accelerator.num_processes)
+    return accelerator.prepare(unet, optimizer, lr_scheduler)
+
+
+def set_checkpointing(unet, enabled: bool) -> None:
+    if enabled != unet.is_gradient_checkpointing:
+        (unet.enable_gradient_checkpointing if enabled else unet.disable_gradient_checkpointing)()
+
+
+def forever(loader):
+    while True:
+        yield from loader
+
+
+def smooth_image(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A smooth random RGB image (compresses and decodes like a photo, unlike white noise)."""
+    from PIL import Image
+
+    coarse = rng.integers(0, 256, (max(height // 16, 2), max(width // 16, 2), 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def write_frame_folders(root: Path, count: int, num_frames: int, width: int, height: int) -> Path:
+    """`count` folders of `num_frames` JPEG frames, as prepare_dataset.py writes them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for video in range(count):
+        folder = root / f"video_{video:05d}"
+        folder.mkdir(parents=True)
+        for index in range(num_frames):
+            Image.fromarray(smooth_image(rng, width, height)).save(folder / f"frame_{index + 1:04d}.jpg", quality=95)
+    return root
+
+
+def build_genex_models(args, dtype):
+    """Feature extractor, image encoder, VAE, UNet: tiny (genex/tiny.py) or full size (bench/full_size.py)."""
+    if args.full:
+        from bench.full_size import build_svd_full
+
+        models = build_svd_full(dtype, args.device)
+    else:
+        from genex.tiny import build_tiny_svd_pipeline
+
+        models = build_tiny_svd_pipeline().components
+    return models["feature_extractor"], models["image_encoder"], models["vae"], models["unet"]
+
+
+def genex_setup(args, accelerator, configs, workdir: Path):
+    """Models placed as train_world_explorer.py places them, the optimizer, data; returns (step function, info)."""
+    from common.conditioning import conditioning_dropout_masks
+    from genex.conditioning import add_time_ids, clip_image_embedding, encode_cond_latents, encode_video_latents, fps_id_for
+    from genex.data import FrameFolderDataset, to_model_range
+    from genex.edm import append_dims, denoise, edm_loss, sample_cond_sigma, sample_sigma
+    from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, spherical_contrastive_loss
+    from common.training import weight_dtype
+    from train_world_explorer import check_resolution, freeze_all_but_temporal_blocks
+
+    dtype = weight_dtype(accelerator)
+    device = accelerator.device
+    feature_extractor, image_encoder, vae, unet = build_genex_models(args, dtype)
+    check_resolution(args, vae, unet)
+    live = any(not config.cached for config in configs)
+    # Frozen modules in the weight dtype; the image encoder is only needed (on the device) when frames are encoded live.
+    vae.requires_grad_(False).to(device, dtype=dtype)
+    image_encoder.requires_grad_(False).to(device if live else "cpu", dtype=dtype)
+    trainable = freeze_all_but_temporal_blocks(unet, dtype)
+    params = [param for _, param in trainable]
+    # Trainable weights train in float32, as from_pretrained loads them (the full-size builder makes them in `dtype`).
+    for param in params:
+        param.data = param.data.float()
+    base_unet = unet
+    set_checkpointing(base_unet, configs[0].checkpointing)
+    if args.compile:
+        unet = torch.compile(unet)
+    shared = shared_training_args(args, str(workdir))
+    unet, optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, unet, params, args.batch_size)
+    info = {"unet_m": sum(p.numel() for p in base_unet.parameters()) / 1e6, "trainable_m": sum(p.numel() for p in params) / 1e6}
+
+    dataset = FrameFolderDataset(write_frame_folders(workdir / "frames", args.batch_size, args.num_frames, args.width, args.height),
+                                 args.num_frames, args.width, args.height)
+    frame_batches = forever(torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=0))
+    generator = torch.Generator(device=device).manual_seed(0)
+    fps_id = fps_id_for(7)
+    chunk = args.decode_chunk_size
+
+    def scl_encoder(pixels):
+        """SCL's E, as train_world_explorer.py defines it: the VAE's posterior mode, scaled."""
+        return encode_video_latents(vae, pixels, chunk_size=chunk, sample=False).float()
+
+    def step(config: StepConfig, timer: StepTimer) -> None:
+        set_checkpointing(base_unet, config.checkpointing)
+        with timer.part("data"):
+            frames = to_model_range(next(frame_batches)["pixel_values"].to(device, non_blocking=True), dtype)
+        batch_size = frames.shape[0]
+        with torch.no_grad():
+            with timer.part("vae_encode"):
+                z0 = encode_video_latents(vae, frames, generator, chunk).float()
+                cond_sigma = sample_cond_sigma((batch_size,), generator, device)
+                cond_latents = encode_cond_latents(vae, frames[:, 0], cond_sigma.to(dtype), args.num_frames, generator).float()
+            with timer.part("clip_encode"):
+                clip_embedding = clip_image_embedding(image_encoder, feature_extractor, frames[:, 0]).float()
+        keep_clip, keep_latent = conditioning_dropout_masks(batch_size, 0.1, generator, device)
+        clip_embedding = clip_embedding * append_dims(keep_clip, clip_embedding.ndim)
+        cond_latents = cond_latents * append_dims(keep_latent, cond_latents.ndim)
+        sigma = sample_sigma((batch_size,), 0.7, 1.6, generator, device)
+        noisy = z0 + append_dims(sigma, z0.ndim) * torch.randn(z0.shape, generator=generator, device=device)
+        time_ids = add_time_ids(fps_id, 127, cond_sigma).to(device)
+        with timer.part("unet_fwd_bwd"):
+            D = denoise(unet, noisy, sigma, cond_latents, clip_embedding, time_ids)
+        # The backward is split at D so that the losses' share (SCL's decode and re-encode) is timed apart.
+        D_leaf = D.detach().requires_grad_()
+        with timer.part("scl"):
+            loss = edm_loss(D_leaf, z0, sigma)
+            if config.scl:
+                x_pred = decode_x0(vae, D_leaf.to(dtype), chunk)
+                thetas = sample_yaw_angles(args.num_scl_samples, generator)
+                loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, scl_encoder)
+                loss, _ = combine_edm_scl(loss, loss_scl, scl_beta_released(0, 1))
+            accelerator.backward(loss)
+        with timer.part("unet_fwd_bwd"):
+            D.backward(D_leaf.grad)
+        with timer.part("optimizer"):
+            accelerator.clip_grad_norm_(params, shared.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step, info
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def build_pecn_models(args, dtype, workdir: Path) -> dict:
+    """noise_scheduler, tokenizer, text_encoder, vae, unet: tiny (pecn/tiny.py) or full size (bench/full_size.py)."""
+    if args.full:
+        from bench.full_size import build_instruct_pix2pix_full
+
+        return build_instruct_pix2pix_full(dtype, args.device)
+    from diffusers import DDPMScheduler
+
+    from pecn.tiny import INSTRUCT_PIX2PIX_SCHEDULER_CONFIG, build_tiny_components
+
+    return build_tiny_components(8, 0, workdir / "tokenizer") | {"noise_scheduler": DDPMScheduler(**INSTRUCT_PIX2PIX_SCHEDULER_CONFIG)}
+
+
+def pecn_setup(args, accelerator, configs, workdir: Path):
+    """Models placed as train_instruct_pix2pix.py places them, the optimizer, data; returns (step function, info)."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from common.conditioning import conditioning_dropout_masks
+    from common.training import weight_dtype
+    from pecn.prompts import build_prompt
+    from pecn.unet import expand_conv_in
+    from train_instruct_pix2pix import collate, diffusion_target, make_preprocess
+
+    dtype = weight_dtype(accelerator)
+    device = accelerator.device
+    models = build_pecn_models(args, dtype, workdir)
+    noise_scheduler, tokenizer, text_encoder, vae = (models[key] for key in ("noise_scheduler", "tokenizer", "text_encoder", "vae"))
+    # Frozen VAE and text encoder in the weight dtype; the whole UNet trains, in float32.
+    unet = expand_conv_in(models["unet"]).float()
+    vae.requires_grad_(False).to(device, dtype=dtype)
+    text_encoder.requires_grad_(False).to(device, dtype=dtype)
+    unet.train()
+    base_unet = unet
+    set_checkpointing(base_unet, configs[0].checkpointing)
+    if args.compile:
+        unet = torch.compile(unet)
+    shared = shared_training_args(args, str(workdir))
+    params = list(base_unet.parameters())
+    unet, optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, unet, params, args.batch_size)
+    info = {"unet_m": sum(p.numel() for p in params) / 1e6, "trainable_m": sum(p.numel() for p in params) / 1e6}
+
+    # Data: PNG pairs and a progress prompt through the script's own transform and collate, one example at a time as HF Datasets does.
+    rng = np.random.default_rng(0)
+    prompt = build_prompt("Pushing something from left to right", True, 20, 40)
+    samples = [(png_bytes(smooth_image(rng, args.width, args.width)), png_bytes(smooth_image(rng, args.width, args.width))) for _ in range(args.batch_size)]
+    preprocess = make_preprocess(argparse.Namespace(resolution=args.width, random_flip=False), tokenizer)
+    null_prompt_ids = tokenizer([""], max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        null_text_embedding = text_encoder(null_prompt_ids.to(device))[0].float()
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def load_batch() -> dict:
+        examples = []
+        for original, edited in samples:
+            columns = preprocess({"input_image": [Image.open(io.BytesIO(original))], "edited_image": [Image.open(io.BytesIO(edited))], "edit_prompt": [prompt]})
+            examples.append({key: values[0] for key, values in columns.items()})
+        return {key: value.to(device, non_blocking=True) for key, value in collate(examples).items()}
+
+    def step(config: StepConfig, timer: StepTimer) -> None:
+        set_checkpointing(base_unet, config.checkpointing)
+        with timer.part("data"):
+            batch = load_batch()
+        with torch.no_grad():
+            with timer.part("vae_encode"):
+                latents = vae.encode(batch["edited_pixel_values"].to(dtype)).latent_dist.sample(generator).float() * vae.config.scaling_factor
+                original_latents = vae.encode(batch["original_pixel_values"].to(dtype)).latent_dist.mode().float()
+            with timer.part("text_encode"):
+                text_embedding = text_encoder(batch["input_ids"])[0].float()
+        keep_text, keep_image = conditioning_dropout_masks(latents.shape[0], 0.05, generator, device)
+        text_embedding = torch.where(keep_text[:, None, None].bool(), text_embedding, null_text_embedding)
+        original_latents = original_latents * keep_image[:, None, None, None]
+        noise = torch.randn(latents.shape, generator=generator, device=device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device)
+        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+        with timer.part("unet_fwd_bwd"):
+            prediction = unet(torch.cat([noisy_latents, original_latents], dim=1), timesteps, text_embedding, return_dict=False)[0]
+            loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
+            accelerator.backward(loss)
+        with timer.part("optimizer"):
+            accelerator.clip_grad_norm_(params, shared.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step, info
+
+
+def peak_tflops(args) -> float | None:
+    """The device's peak for MFU: --peak_tflops, else DESIGN.md's measured peak for a known GPU, else None."""
+    if args.device != "cuda":
+        return None
+    if args.peak_tflops:
+        return args.peak_tflops
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in KNOWN_PEAK_TFLOPS.items() if key in name), None)
+
+
+def count_model_flops(step, config: StepConfig, timer: StepTimer) -> tuple[dict[str, int], bool]:
+    """FLOPs per part of one step with gradient checkpointing off; (flops, True) if memory forced it on (recompute counted)."""
+    try:
+        return timer.count_flops(lambda: step(dataclasses.replace(config, checkpointing=False), timer)), False
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return timer.count_flops(lambda: step(config, timer)), True
+
+
+def measure(args, step, configs: list[StepConfig], synchronize):
+    """Warm up, count FLOPs, then time interleaved steps; returns (timer, flops per config, peak GiB per config, totals)."""
+    timer = StepTimer(synchronize)
+    for _ in range(args.warmup):
+        for config in configs:
+            step(config, timer)
+    flops = {config.name: count_model_flops(step, config, timer) for config in configs}
+    peaks: dict[str, float] = defaultdict(float)
+
+    def timed(config: StepConfig):
+        def run():
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            with timer.step(config.name):
+                step(config, timer)
+            if args.device == "cuda":
+                peaks[config.name] = max(peaks[config.name], torch.cuda.max_memory_allocated() / GIB)
+        return run
+
+    totals = interleaved_medians({config.name: timed(config) for config in configs}, args.steps, warmup=0, synchronize=synchronize)
+    return timer, flops, peaks, totals
+
+
+def mfu(flops: int, seconds: float, peak: float | None):
+    """Model FLOP utilisation in percent, or "n/a" without a known peak."""
+    if peak is None or seconds <= 0:
+        return "n/a"
+    return 100.0 * flops / seconds / (peak * 1e12)
+
+
+def result_rows(args, configs, info, timer, flops, peaks, totals) -> list[dict]:
+    """One row per configuration: per-part medians (ms), step and total time, memory, FLOPs, MFU, and the ratio to the first."""
+    peak = peak_tflops(args)
+    size = f"{args.width}x{args.height}" + (f"x{args.num_frames}" if args.pipeline == "genex" else "") + f" b{args.batch_size}"
+    rows = []
+    for config in configs:
+        medians = timer.medians(config.name)
+        part_flops, recompute_counted = flops[config.name]
+        unet_seconds = medians.get("unet_fwd_bwd", 0.0)
+        row = {"config": config.name, "pipeline": args.pipeline, "size": size, "precision": args.mixed_precision,
+               "checkpointing": config.checkpointing, "scl_samples": args.num_scl_samples if config.scl else 0, "cached_latents": config.cached,
+               "optimizer": "adamw8bit" if args.use_8bit_adam else "adamw", "compile": args.compile}
+        row |= {f"{part}_ms": 1e3 * medians[part] for part in PARTS[args.pipeline] if part in medians}
+        row |= {"step_ms": 1e3 * medians["compute"], "total_ms": 1e3 * totals[config.name]}
+        row["x_first"] = row["step_ms"] / rows[0]["step_ms"] if rows else 1.0
+        if args.device == "cuda":
+            row |= {"peak_gpu_gib": peaks[config.name], f"fits_{RECIPE_BUDGET_GIB:g}gib": peaks[config.name] <= RECIPE_BUDGET_GIB}
+        else:
+            row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+        row |= {"unet_tflop": part_flops.get("unet_fwd_bwd", 0) / 1e12, "step_tflop": sum(part_flops.values()) / 1e12,
+                "flops_include_recompute": recompute_counted,
+                "unet_mfu_pct": mfu(part_flops.get("unet_fwd_bwd", 0), unet_seconds, peak),
+                "step_mfu_pct": mfu(sum(part_flops.values()), medians["compute"], peak)}
+        rows.append(row | {key: round(value, 1) for key, value in info.items()})
+    return rows
+
+
+def print_parameter_counts(args, info) -> None:
+    """Parameter counts of the UNet built, against DESIGN.md's published ones for SVD-xt."""
+    from bench.full_size import SVD_TEMPORAL_PARAMS_M, SVD_UNET_PARAMS_M
+
+    if args.pipeline == "genex" and args.full:
+        print(f"SVD-xt UNet: {info['unet_m']:.1f} M parameters (DESIGN.md {SVD_UNET_PARAMS_M}), "
+              f"temporal_transformer_block {info['trainable_m']:.1f} M (DESIGN.md {SVD_TEMPORAL_PARAMS_M})")
+    else:
+        print(f"{args.pipeline} UNet: {info['unet_m']:.1f} M parameters, {info['trainable_m']:.1f} M trainable")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    configs = step_configs(args)
+    if any(config.cached for config in configs):
+        raise SystemExit("error: --cached_latents: genex/latent_cache.py is not there yet")
+    accelerator = create_accelerator(args)
+    synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory() as workdir:
+        setup = genex_setup if args.pipeline == "genex" else pecn_setup
+        step, info = setup(args, accelerator, configs, Path(workdir))
+        print_parameter_counts(args, info)
+        timer, flops, peaks, totals = measure(args, step, configs, synchronize)
+    rows = result_rows(args, configs, info, timer, flops, peaks, totals)
+    memory = "peak_gpu_gib" if args.device == "cuda" else "peak_rss_gib"
+    columns = ["config", "size", "precision", "checkpointing", "scl_samples", "cached_latents", "optimizer"]
+    columns += [f"{part}_ms" for part in PARTS[args.pipeline]] + ["step_ms", "total_ms", "x_first", memory]
+    columns += ([f"fits_{RECIPE_BUDGET_GIB:g}gib"] if args.device == "cuda" else []) + ["unet_tflop", "step_tflop", "unet_mfu_pct", "step_mfu_pct"]
+    print("step_ms: one step's compute, the device synchronized around each part; data_ms: DataLoader work in the main process "
+          "(overlapped by workers in training); total_ms: both, median of interleaved rounds; x_first: step_ms / the first row's; "
+          + ("peak_gpu_gib: torch.cuda.max_memory_allocated." if args.device == "cuda" else "peak_rss_gib: peak resident memory of the whole process (CPU)."))
+    return report(f"train_step {args.pipeline} {'full' if args.full else 'tiny'}", rows, columns)
+
+
+if __name__ == "__main__":
+    from common.training import run_cli
+
+    run_cli(main)
