@@ -20,10 +20,12 @@ from tqdm.auto import tqdm
 
 from common.checkpoints import save_checkpoint
 from common.conditioning import conditioning_dropout_masks
+from common.pixels import to_model_range
 from common.trackers import log_validation_images
 from pecn.predict import predict_frame
 from pecn.visualize import comparison_grid
 from common.training import (
+    NonFiniteLossGuard,
     SetupError,
     add_shared_training_args,
     allow_tf32,
@@ -109,31 +111,45 @@ def mirror_prompt(prompt: str) -> str:
 
 
 def make_preprocess(args, tokenizer):
-    """HF Datasets transform: PIL pairs to [-1,1] tensors and prompts to token ids."""
+    """HF Datasets transform: PIL pairs to uint8 tensors, prompts (and their mirrored form) to token ids.
+
+    The flip itself is drawn in the training loop from the run's generator, so it resumes exactly.
+    """
 
     def to_tensor(image):
         image = image.convert("RGB")
         if image.size != (args.resolution, args.resolution):
             image = image.resize((args.resolution, args.resolution), resample=3)
-        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def tokenize(prompts):
+        return list(tokenizer(prompts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids)
 
     def preprocess(examples):
-        originals = [to_tensor(image) for image in examples["input_image"]]
-        edited = [to_tensor(image) for image in examples["edited_image"]]
         prompts = list(examples["edit_prompt"])
+        batch = {
+            "original_pixel_values": [to_tensor(image) for image in examples["input_image"]],
+            "edited_pixel_values": [to_tensor(image) for image in examples["edited_image"]],
+            "input_ids": tokenize(prompts),
+        }
         if args.random_flip:
-            for i in range(len(prompts)):
-                if torch.rand(()) < 0.5:
-                    originals[i], edited[i] = originals[i].flip(-1), edited[i].flip(-1)
-                    prompts[i] = mirror_prompt(prompts[i])
-        input_ids = tokenizer(prompts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
-        return {"original_pixel_values": originals, "edited_pixel_values": edited, "input_ids": list(input_ids)}
+            batch["mirrored_input_ids"] = tokenize([mirror_prompt(prompt) for prompt in prompts])
+        return batch
 
     return preprocess
 
 
+def random_flip(batch, generator, device):
+    """Mirror each pair with probability 1/2 (both images), and give it the prompt with left and right swapped."""
+    flip = torch.rand(batch["input_ids"].shape[0], generator=generator, device=device) < 0.5
+    for key in ("original_pixel_values", "edited_pixel_values"):
+        batch[key] = torch.where(flip[:, None, None, None], batch[key].flip(-1), batch[key])
+    batch["input_ids"] = torch.where(flip[:, None], batch["mirrored_input_ids"], batch["input_ids"])
+    return batch
+
+
 def collate(examples):
-    return {key: torch.stack([example[key] for example in examples]) for key in ("original_pixel_values", "edited_pixel_values", "input_ids")}
+    return {key: torch.stack([example[key] for example in examples]) for key in examples[0]}
 
 
 def diffusion_target(noise_scheduler, latents, noise, timesteps):
@@ -219,13 +235,17 @@ def main(argv=None):
     logger.info("%d pairs, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation",
                 len(train_dataset), plan.num_train_epochs, max_train_steps, args.train_batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    nonfinite = NonFiniteLossGuard(accelerator, args.max_nonfinite_steps)
     for epoch in range(plan.first_epoch, plan.num_train_epochs):
         for batch in epoch_batches(accelerator, dataloader, epoch, plan.batches_to_skip if epoch == plan.first_epoch else 0):
             with accelerator.accumulate(unet):
                 # Encode: target latents (sampled, scaled), input-image latents (mode, unscaled), prompts.
+                if args.random_flip:
+                    batch = random_flip(batch, generator, accelerator.device)
                 with torch.no_grad():
-                    latents = vae.encode(batch["edited_pixel_values"].to(dtype)).latent_dist.sample(generator).float() * vae.config.scaling_factor
-                    original_latents = vae.encode(batch["original_pixel_values"].to(dtype)).latent_dist.mode().float()
+                    edited = to_model_range(batch["edited_pixel_values"], dtype)
+                    latents = vae.encode(edited).latent_dist.sample(generator).float() * vae.config.scaling_factor
+                    original_latents = vae.encode(to_model_range(batch["original_pixel_values"], dtype)).latent_dist.mode().float()
                     text_embedding = text_encoder(batch["input_ids"])[0].float()
 
                 # Conditioning dropout, so classifier-free guidance works on text and image.
@@ -240,26 +260,34 @@ def main(argv=None):
                 prediction = unet(torch.cat([noisy_latents, original_latents], dim=1), timesteps, text_embedding, return_dict=False)[0]
                 loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
 
-                # Step (gradients are averaged across processes by DDP).
+                # Step (gradients are averaged across processes by DDP); a NaN or inf loss updates nothing.
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
+                nonfinite.observe(loss)
+                step_is_finite = nonfinite.step_is_finite() if accelerator.sync_gradients else True
+                if step_is_finite:
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                    optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
             if not accelerator.sync_gradients:
                 continue
             # EMA, logging and checkpoint happen once per optimizer step.
-            if ema is not None:
+            if ema is not None and step_is_finite:
                 ema.step(accelerator.unwrap_model(unet).parameters())
             global_step += 1
             progress.update(1)
-            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "nonfinite_steps": nonfinite.total}
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
+            if not step_is_finite:
+                logger.warning("step %d: loss is %s, the step updated nothing (%d in a row, %d in all)", global_step, logs["loss"], nonfinite.in_a_row, nonfinite.total)
+            if global_step % args.checkpointing_steps == 0 or nonfinite.should_stop:
+                checkpoint = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
+            if nonfinite.should_stop:
+                accelerator.end_training()
+                raise nonfinite.stop_error(global_step, checkpoint)
             if global_step >= max_train_steps:
                 break
 

@@ -34,6 +34,7 @@ def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
     group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
     group.add_argument("--max_grad_norm", type=float, default=1.0, help="Clip the gradient norm to this value (0 disables clipping).")
+    group.add_argument("--max_nonfinite_steps", type=int, default=5, help="An optimizer step whose loss is NaN or inf updates nothing and is counted; after this many in a row the run saves a checkpoint and stops.")
     group.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the trainable weights; validation and the saved model use it.")
     group.add_argument("--ema_decay", type=float, default=0.9999, help="Maximum EMA decay (with the usual warm-up of the decay).")
     group.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matrix products on Ampere or newer GPUs.")
@@ -65,6 +66,8 @@ def check_shared_args(args) -> None:
     """Refuse flag values that cannot work, before any model is loaded."""
     if args.gradient_accumulation_steps < 1:
         raise SetupError("--gradient_accumulation_steps must be at least 1")
+    if args.max_nonfinite_steps < 1:
+        raise SetupError("--max_nonfinite_steps must be at least 1")
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise SetupError("--checkpoints_total_limit must be at least 1")
     if args.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
@@ -235,6 +238,50 @@ def ema_weights_swapped_in(ema, params):
         ema.restore(params)
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss stayed NaN or inf for --max_nonfinite_steps optimizer steps in a row."""
+
+
+class NonFiniteLossGuard:
+    """Decides, once per optimizer step and identically on every process, whether the step may update anything.
+
+    `observe` records each micro-step's loss without waiting for the device; `step_is_finite` gathers the
+    flags of all processes at the optimizer step. Gradient overflow under fp16 loss scaling is not a
+    non-finite loss: the loss stays finite and the GradScaler skips that step itself.
+    """
+
+    def __init__(self, accelerator, max_in_a_row: int):
+        self.accelerator = accelerator
+        self.max_in_a_row = max_in_a_row
+        self.window_finite = None
+        self.in_a_row = 0
+        self.total = 0
+
+    def observe(self, loss: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach()).all()
+        self.window_finite = finite if self.window_finite is None else self.window_finite & finite
+
+    def step_is_finite(self) -> bool:
+        """Whether every micro-step of this optimizer step, on every process, had a finite loss; updates the counts."""
+        flag = self.window_finite.float().reshape(1)
+        self.window_finite = None
+        finite = bool(self.accelerator.gather(flag).min().item() == 1.0)
+        self.in_a_row = 0 if finite else self.in_a_row + 1
+        self.total += 0 if finite else 1
+        return finite
+
+    @property
+    def should_stop(self) -> bool:
+        return self.in_a_row >= self.max_in_a_row
+
+    def stop_error(self, global_step: int, checkpoint) -> NonFiniteLossError:
+        return NonFiniteLossError(
+            f"the loss was NaN or inf for {self.in_a_row} optimizer steps in a row (up to step {global_step}); stopped. "
+            f"{checkpoint} holds the last good weights (step {global_step - self.in_a_row}): resume from it with a lower "
+            f"--learning_rate, or check the data"
+        )
+
+
 def create_generator(accelerator, seed) -> torch.Generator:
     """The generator of every random draw of the training step, one stream per process, saved in checkpoints."""
     return torch.Generator(device=accelerator.device).manual_seed((seed or 0) * 1000 + accelerator.process_index)
@@ -286,7 +333,7 @@ def run_cli(main) -> None:
 
     try:
         main()
-    except (SetupError, CheckpointError, FileNotFoundError, ValueError) as error:
+    except (SetupError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
         if os.environ.get("TRAIN_DEBUG"):
             raise
         print(f"error: {error}", file=sys.stderr)
