@@ -55,16 +55,44 @@ def encode_cond_latents(vae, first_frame: torch.Tensor, cond_sigma: torch.Tensor
     return latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
 
 
-def encode_video_latents(vae, frames: torch.Tensor, generator=None, chunk_size: int = 8, sample: bool = True) -> torch.Tensor:
-    """Scaled latents z0 [B,F,4,h,w] of `frames` [B,F,3,H,W], encoded `chunk_size` frames at a time.
+def frame_latent_statistics(vae, pixels: torch.Tensor, chunk_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) [N,4,h,w] float32, unscaled, of the VAE posterior of each frame of `pixels` [N,3,H,W] in [-1,1].
 
+    SVD's VAE encodes every frame on its own, so the statistics of a frame do not depend on its chunk.
+    std is the posterior's own exp(0.5 * clamped logvar), so `sample_latents` draws what `latent_dist.sample()` draws.
+    """
+    if pixels.ndim != 4:
+        raise ValueError(f"pixels must be [N,3,H,W], got shape {tuple(pixels.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    posteriors = [vae.encode(chunk.to(vae.dtype)).latent_dist for chunk in pixels.split(chunk_size)]
+    mean = torch.cat([p.mean for p in posteriors]).float().contiguous()
+    std = torch.cat([p.std for p in posteriors]).float().contiguous()
+    return mean, std
+
+
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, scaling_factor: float, generator=None) -> torch.Tensor:
+    """Scaled latents z0 = (mean + std * eps) * scaling_factor, eps ~ N(0, 1) from `generator`, in float32.
+
+    The same draw, in the same order, as `vae.encode(x).latent_dist.sample(generator) * scaling_factor`
+    of a float32 VAE for the frames whose posterior is (mean, std).
+    """
+    if mean.shape != std.shape:
+        raise ValueError(f"mean {tuple(mean.shape)} and std {tuple(std.shape)} must have the same shape")
+    # Drawn on the generator's device, as diffusers' randn_tensor does, then moved to the statistics.
+    device = generator.device if generator is not None else mean.device
+    eps = torch.randn(mean.shape, generator=generator, device=device).to(mean.device)
+    return (mean.float() + std.float() * eps) * scaling_factor
+
+
+def encode_video_latents(vae, frames: torch.Tensor, generator=None, chunk_size: int = 8, sample: bool = True) -> torch.Tensor:
+    """Scaled latents z0 [B,F,4,h,w] float32 of `frames` [B,F,3,H,W], encoded `chunk_size` frames at a time.
+
+    One draw for the whole batch, so chunking changes nothing and cached statistics draw the same eps.
     `sample=False` takes the posterior mode instead of a draw (a deterministic encoder, as SCL's E).
     """
     if frames.ndim != 5:
         raise ValueError(f"frames must be [B,F,3,H,W], got shape {tuple(frames.shape)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    pixels = frames.flatten(0, 1).to(vae.dtype)
-    posteriors = [vae.encode(chunk).latent_dist for chunk in pixels.split(chunk_size)]
-    latents = torch.cat([p.sample(generator) if sample else p.mode() for p in posteriors])
-    return (latents * vae.config.scaling_factor).unflatten(0, frames.shape[:2])
+    mean, std = frame_latent_statistics(vae, frames.flatten(0, 1), chunk_size)
+    latents = sample_latents(mean, std, vae.config.scaling_factor, generator) if sample else mean * vae.config.scaling_factor
+    return latents.unflatten(0, frames.shape[:2])

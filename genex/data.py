@@ -130,17 +130,12 @@ class FrameFolderDataset(Dataset):
         last_start = len(self.videos[index][1]) - self.num_frames
         return int(np.random.default_rng((self.seed, self.epoch, index)).integers(0, last_start + 1))
 
-    def window(self, index: int) -> tuple[Path, list[Path]]:
-        """(folder, frame files) of item `index`'s window in the current epoch."""
+    def __getitem__(self, index: int) -> dict:
         index = range(len(self))[index]
         folder, frames = self.videos[index]
         start = self.window_start(index)
-        return folder, frames[start : start + self.num_frames]
-
-    def __getitem__(self, index: int) -> dict:
-        folder, frames = self.window(index)
-        clip = np.empty((len(frames), self.height, self.width, 3), np.uint8)
-        for i, path in enumerate(frames):
+        clip = np.empty((self.num_frames, self.height, self.width, 3), np.uint8)
+        for i, path in enumerate(frames[start : start + self.num_frames]):
             clip[i] = load_frame(path, self.width, self.height)
         # A channels-last view: the DataLoader's collate stacks it into a contiguous [B,F,3,H,W] batch.
         return {"pixel_values": torch.from_numpy(clip).permute(0, 3, 1, 2), "folder": str(folder)}
