@@ -37,6 +37,10 @@ def main(argv=None) -> int:
     except DatasetLayoutError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A full disk or an unwritable output folder stops the run; finished videos are kept for the rerun.
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(format_summary(summary, args.dataset_path))
     return 0
 

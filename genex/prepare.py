@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.video import VideoDecodeError, evenly_spaced_indices, iter_video_frames
+from common.files import DiskFullError, die_with_parent, naming_path, write_file
+from common.video import VideoDecodeError, evenly_spaced_indices, iter_video_frames, video_stream
 
 SCENE_TYPES = ("realistic", "low_texture", "anime", "real_world")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi")
@@ -250,9 +251,7 @@ def count_frames(source: VideoSource) -> int:
     head = source[: len(LFS_POINTER)] if isinstance(source, bytes) else _file_head(source)
     try:
         with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(f"{name}: no video stream")
-            stream = container.streams.video[0]
+            stream = video_stream(container, name)
             if stream.frames > 0:
                 return stream.frames
             return sum(1 for packet in container.demux(stream) if packet.size)
@@ -264,7 +263,7 @@ def _write_jpeg(frame: np.ndarray, path: Path) -> None:
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise OSError(f"{path}: JPEG encoding failed")
-    path.write_bytes(encoded.tobytes())
+    write_file(path, encoded)
 
 
 def write_frames(source: VideoSource, folder: Path, frames_per_video: int, image_size: tuple[int, int], num_available: int) -> tuple[int, int]:
@@ -303,8 +302,10 @@ def extract_video(source: VideoSource, video_dir: Path, frames_per_video: int, i
         if written == 0:
             raise VideoDecodeError(f"{video_dir.name}: the video has no decodable frames")
         os.replace(partial, video_dir)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise naming_path(error, partial) from None
         raise
     return written
 
@@ -312,6 +313,9 @@ def extract_video(source: VideoSource, video_dir: Path, frames_per_video: int, i
 def _extract_reporting(source: VideoSource, video_dir: Path, frames_per_video: int, image_size: tuple[int, int]) -> tuple[Optional[int], Optional[str]]:
     try:
         return extract_video(source, video_dir, frames_per_video, image_size), None
+    except DiskFullError:
+        # Every later video would fail the same way: the run stops instead of marking them all bad.
+        raise
     except Exception as error:  # one bad video must not end a run over thousands: it is reported by name
         return None, str(error) or type(error).__name__
 
@@ -319,6 +323,7 @@ def _extract_reporting(source: VideoSource, video_dir: Path, frames_per_video: i
 def _init_worker() -> None:
     # One OpenCV thread per process: the parallelism comes from the processes.
     cv2.setNumThreads(1)
+    die_with_parent()
 
 
 class _Workers:

@@ -149,7 +149,11 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     # Both files are written only once both splits are known to be valid.
     for path, kept in outputs.items():
-        write_json_atomic(path, kept)
+        try:
+            write_json_atomic(path, kept)
+        except OSError as error:
+            # The file keeps its previous content (written atomically); say which one could not be written.
+            sys.exit(f"error: {error}")
         print(f"wrote {len(kept)} entries to {path}")
 
 

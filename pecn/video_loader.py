@@ -23,11 +23,14 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.files import DiskFullError, die_with_parent, naming_path, write_file
 from common.video import VideoDecodeError, iter_video_frames
 from pecn.dataset import AnnotationError, load_annotations, write_json_atomic
 
 Size = tuple[int, int]  # (width, height)
 DEFAULT_SIZES = ["96x96", "128x128"]
+# zlib level 1: lossless like any level, and several times faster to write than Pillow's default 6.
+PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,14 @@ def resize_frame(frame: np.ndarray, size: Size) -> np.ndarray:
     return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
+def write_png(path: Path, bgr: np.ndarray) -> None:
+    """Lossless PNG of a BGR frame; a full disk raises DiskFullError naming the file."""
+    ok, encoded = cv2.imencode(".png", bgr, PNG_PARAMS)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    write_file(path, encoded)
+
+
 def write_frames(video_path: Path, temp_dirs: dict[Size, Path]) -> int:
     """Decode `video_path` once, write every frame at every size into `temp_dirs`; returns the frame count."""
     num_frames = 0
@@ -80,15 +91,13 @@ def write_frames(video_path: Path, temp_dirs: dict[Size, Path]) -> int:
         # cv2 writes BGR; the decoder gives RGB.
         bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
         for size, temp_dir in temp_dirs.items():
-            target = temp_dir / f"{frame_idx:05d}.png"
-            if not cv2.imwrite(str(target), resize_frame(bgr, size)):
-                raise OSError(f"cannot write {target}")
+            write_png(temp_dir / f"{frame_idx:05d}.png", resize_frame(bgr, size))
         num_frames += 1
     return num_frames
 
 
 def extract_video(video_path: os.PathLike, video_id: str, frames_dirs: dict[Size, Path]) -> ExtractResult:
-    """Extract one video into each frames dir, skipping sizes already finished; never raises."""
+    """Extract one video into each frames dir, skipping sizes already finished; raises only DiskFullError."""
     video_path = Path(video_path)
     finished = {size: count_frames(Path(root) / video_id) for size, root in frames_dirs.items()}
     todo = [size for size, count in finished.items() if count == 0]
@@ -116,6 +125,11 @@ def extract_video(video_path: os.PathLike, video_id: str, frames_dirs: dict[Size
     except (VideoDecodeError, OSError) as error:
         for temp_dir in temp_dirs.values():
             shutil.rmtree(temp_dir, ignore_errors=True)
+        if isinstance(error, OSError):
+            error = naming_path(error, next(iter(temp_dirs.values())))
+            if isinstance(error, DiskFullError):
+                # Every later video would fail the same way: the run stops instead of marking them all bad.
+                raise error from None
         return ExtractResult(video_id, "failed", error=str(error))
     return ExtractResult(video_id, "extracted", num_frames)
 
@@ -123,6 +137,7 @@ def extract_video(video_path: os.PathLike, video_id: str, frames_dirs: dict[Size
 def _single_threaded_worker() -> None:
     # One process per core already; OpenCV's own threads would only oversubscribe.
     cv2.setNumThreads(1)
+    die_with_parent()
 
 
 def extract_all(video_ids: Iterable[str], videos_dir: os.PathLike, frames_dirs: dict[Size, Path], num_workers: int = 1) -> dict[str, ExtractResult]:
@@ -137,10 +152,15 @@ def extract_all(video_ids: Iterable[str], videos_dir: os.PathLike, frames_dirs: 
                 progress.update()
         else:
             with ProcessPoolExecutor(max_workers=num_workers, initializer=_single_threaded_worker) as pool:
-                for future in as_completed([pool.submit(extract_video, *job) for job in jobs]):
-                    result = future.result()
-                    results[result.video_id] = result
-                    progress.update()
+                try:
+                    for future in as_completed([pool.submit(extract_video, *job) for job in jobs]):
+                        result = future.result()
+                        results[result.video_id] = result
+                        progress.update()
+                except BaseException:
+                    # A full disk or Ctrl-C stops the run now, not after every queued video has been tried.
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
     return results
 
 
@@ -184,7 +204,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"warning: {videos_dir} does not exist; every video will be reported missing", file=sys.stderr)
 
     video_ids = [entry["id"] for entries in annotations.values() for entry in entries]
-    results = extract_all(video_ids, videos_dir, frames_dirs, args.num_workers)
+    try:
+        results = extract_all(video_ids, videos_dir, frames_dirs, args.num_workers)
+    except DiskFullError as error:
+        # The annotation files are left as they were: no video is marked bad for a disk that was full.
+        sys.exit(f"error: {error}")
 
     statuses = [result.status for result in results.values()]
     print(f"extracted {statuses.count('extracted')}, skipped {statuses.count('skipped')} (already done), failed {statuses.count('failed')}")
@@ -193,7 +217,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"failed {result.video_id}: {result.error}")
 
     for path, entries in annotations.items():
-        write_json_atomic(path, mark_annotations(entries, results))
+        try:
+            write_json_atomic(path, mark_annotations(entries, results))
+        except OSError as error:
+            sys.exit(f"error: {error}")
         print(f"wrote num_frames into {path}")
 
 

@@ -263,7 +263,7 @@ def test_crash_while_writing_leaves_old_file_and_no_temp(annotations, tmp_path, 
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(SystemExit, match=r"^error: .*train_filtered\.json: disk full$"):
         dataset.main(["--annotations_dir", str(annotations), "--videos_dir", str(tmp_path / "none"), "--output_dir", str(out), "--train_per_task", "1"])
     monkeypatch.undo()
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
