@@ -8,6 +8,7 @@ one, and old checkpoints are removed only after the new one exists.
 
 import json
 import logging
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -147,10 +148,26 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Opti
     return final
 
 
+def unsafe_pickle(folder: Path) -> Path:
+    """The first pickle in `folder` that torch.load(weights_only=True) refuses (the folder itself if none does)."""
+    for candidate in sorted([*folder.glob("*.bin"), *folder.glob("*.pkl")]):
+        try:
+            torch.load(candidate, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            return candidate
+        except Exception:
+            continue
+    return folder
+
+
 def load_checkpoint(accelerator, path: Path, ema=None, ema_names=None, generator=None) -> int:
     """Restore a checkpoint written by `save_checkpoint`; returns its global step."""
     path = Path(path)
-    accelerator.load_state(str(path))
+    try:
+        # Accelerate reads optimizer, schedule, sampler and RNG pickles with torch.load(weights_only=True).
+        accelerator.load_state(str(path))
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{unsafe_pickle(path)}: not plain weights (the pickle would run code or build objects); refusing to load it") from None
     if generator is not None:
         generator_file = path / GENERATOR_STATE.format(accelerator.process_index)
         if not generator_file.is_file():
