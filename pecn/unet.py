@@ -6,6 +6,12 @@ from diffusers import UNet2DConditionModel
 TEXT_TO_IMAGE_IN_CHANNELS = 4
 
 
+def unet_name(unet: UNet2DConditionModel) -> str:
+    """Where the UNet was loaded from, so an error names the folder the user gave ("UNet" when built in memory)."""
+    folder = unet.config.get("_name_or_path")
+    return f"{folder}: UNet" if folder else "UNet"
+
+
 def expand_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DConditionModel:
     """Grow conv_in from 4 to `in_channels` inputs (new weights zero); an `in_channels` UNet is returned as is."""
     if in_channels <= TEXT_TO_IMAGE_IN_CHANNELS:
@@ -15,7 +21,7 @@ def expand_conv_in(unet: UNet2DConditionModel, in_channels: int = 8) -> UNet2DCo
         return unet
     if conv_in.in_channels != TEXT_TO_IMAGE_IN_CHANNELS:
         raise ValueError(
-            f"UNet conv_in has {conv_in.in_channels} input channels; expected {TEXT_TO_IMAGE_IN_CHANNELS} "
+            f"{unet_name(unet)} conv_in has {conv_in.in_channels} input channels; expected {TEXT_TO_IMAGE_IN_CHANNELS} "
             f"(text-to-image) or {in_channels} (InstructPix2Pix)"
         )
     expanded = torch.nn.Conv2d(
