@@ -1,5 +1,6 @@
 """Generating an exploration video from one panorama, for validation and for the sampler."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,22 @@ def load_rgb(path) -> Image.Image:
             return to_rgb(image)
     except OSError as error:
         raise ValueError(f"{path}: cannot read image ({error})") from None
+
+
+def resolution_multiple(vae, unet) -> int:
+    """Width and height must be multiples of this: the VAE's and the UNet's downsampling, and the SVD pipeline's own 8."""
+    downsampling = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.block_out_channels) - 1)
+    return math.lcm(8, downsampling)
+
+
+def check_pipeline_fits(pipeline, folder, width: int, height: int) -> None:
+    """Refuse, before generating, a UNet that cannot take SVD's inputs or a size the model cannot generate."""
+    latent_channels, in_channels = pipeline.vae.config.latent_channels, pipeline.unet.config.in_channels
+    if in_channels != 2 * latent_channels:
+        raise ValueError(f"{folder}: unet takes {in_channels} input channels, SVD needs 2 x {latent_channels} (noisy + conditioning latents)")
+    multiple = resolution_multiple(pipeline.vae, pipeline.unet)
+    if width % multiple or height % multiple:
+        raise ValueError(f"--width {width} and --height {height} must be multiples of {multiple} for this model")
 
 
 @torch.no_grad()
