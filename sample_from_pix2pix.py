@@ -123,6 +123,13 @@ def load_pipeline(model_dir: str, device: str):
     return pipeline.to(device)
 
 
+def rgb_frames(example: dict) -> dict:
+    """The pair's frames as 8-bit RGB, converted as GenEx frames are (16-bit scaled, alpha over white), whatever the files' mode."""
+    from genex.data import to_rgb
+
+    return dict(example, input_image=to_rgb(example["input_image"]), edited_image=to_rgb(example["edited_image"]))
+
+
 def predict(pipeline, example: dict, args, index: int):
     """One prediction, drawn with its own generator (seed + index), so it does not depend on the samples before it."""
     from pecn.predict import predict_frame
@@ -239,6 +246,7 @@ def main(argv=None):
         (output_dir / folder).mkdir(parents=True, exist_ok=True)
     records = []
     for index, example in enumerate(tqdm(pairs, desc="predicting", unit="pair")):
+        example = rgb_frames(example)
         prediction = predict(pipeline, example, args, index)
         save_png(prediction, output_dir / "predictions" / f"{example['id']}.png")
         save_png(comparison_grid([example["input_image"], example["edited_image"], prediction]), output_dir / "grids" / f"{example['id']}.png")
