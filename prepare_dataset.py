@@ -42,7 +42,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(format_summary(summary, args.dataset_path))
-    return 0
+    # A scene stopped by an unreadable table is incomplete: say so in the exit status too, for scripts.
+    return 1 if any(report.error for report in summary.scenes) else 0
 
 
 if __name__ == "__main__":

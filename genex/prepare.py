@@ -483,7 +483,9 @@ def format_summary(summary: PrepareSummary, dataset_path=None) -> str:
     where = f" under {dataset_path}" if dataset_path else ""
     lines += [f"{scene}: not found{where} (no folder or parquet/csv/video file named like it)" for scene in summary.missing]
     totals = [sum(getattr(r, key) for r in summary.scenes) for key in ("written", "skipped")]
+    stopped = sum(1 for r in summary.scenes if r.error)
     lines.append(
         f"total: {totals[0]} written, {totals[1]} skipped, {sum(len(r.short) for r in summary.scenes)} short, {sum(len(r.failed) for r in summary.scenes)} failed"
+        + (f", {stopped} scene(s) stopped early" if stopped else "")
     )
     return "\n".join(lines)

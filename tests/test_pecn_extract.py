@@ -223,3 +223,24 @@ def test_synthetic_videos_show_the_motion_of_their_label(tmp_path):
             continue
         checked.add(template)
     assert len(checked) == 11
+
+
+def test_a_still_image_named_webm_is_marked_failed_as_an_image(tmp_path):
+    from pecn.video_loader import extract_video
+
+    path = tmp_path / "7.webm"
+    Image.new("RGB", (32, 24), (10, 200, 10)).save(path, format="PNG")
+    result = extract_video(path, "7", {(16, 16): tmp_path / "frames_16x16"})
+    assert (result.status, result.num_frames) == ("failed", 0)
+    assert result.error == f"{path}: is an image (png), not a video"
+    assert os.listdir(tmp_path / "frames_16x16") == []
+
+
+@pytest.mark.parametrize("content, needle", [("[{", "malformed JSON"), ('{"id": "1"}', "expected a list"), ('[{"id": 1, "label": "x", "template": "y"}]', "entry 0 lacks string field(s) id")])
+def test_bad_annotation_file_is_a_one_line_error_naming_it(tmp_path, content, needle):
+    path = tmp_path / "train_filtered.json"
+    path.write_text(content)
+    result = subprocess.run([sys.executable, "-m", "pecn.video_loader", "--data_root", str(tmp_path), "--annotation_files", str(path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: {needle}")

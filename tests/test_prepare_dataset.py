@@ -1,6 +1,7 @@
 """prepare_dataset.py / genex.prepare on tiny Genex-DB layouts that the tests write themselves."""
 
 import csv
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -255,3 +256,31 @@ def test_colours_stay_rgb(tmp_path):
     extract_video(encode_video_bytes(red), tmp_path / "video_00001", 2, SIZE)
     mean = np.asarray(Image.open(tmp_path / "video_00001" / "frame_0001.jpg")).reshape(-1, 3).mean(0)
     assert mean[0] > 180 and mean[1] < 80 and mean[2] < 80
+
+
+def test_a_still_image_is_reported_as_an_image_not_a_short_video(tmp_path):
+    # FFmpeg opens a PNG or JPEG as a one-frame video; it must not be written as a one-frame clip.
+    dataset, output = tmp_path / "db", tmp_path / "out"
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 32), (200, 40, 40)).save(picture, format="PNG")
+    (dataset / "Anime").mkdir(parents=True)
+    (dataset / "Anime" / "a.mp4").write_bytes(picture.getvalue())
+    (dataset / "Anime" / "b.mp4").write_bytes(grey_video(6))
+    write_parquet(dataset / "Realistic" / "train.parquet", [grey_video(6), picture.getvalue()], as_struct=False)
+    anime, realistic = run(dataset, output, ["anime", "realistic"]).scenes
+    for report, name in ((anime, "anime/video_00001 (Anime/a.mp4)"), (realistic, "realistic/video_00002 (Realistic/train.parquet row 1)")):
+        assert (report.written, report.short) == (1, [])
+        assert report.failed == [(name, report.failed[0][1])] and "is an image (png), not a video" in report.failed[0][1]
+    assert sorted(p.name for p in (output / "anime").iterdir()) == ["video_00002"]
+
+
+def test_cli_parquet_without_video_column_is_listed_and_fails_the_run(tmp_path):
+    dataset = tmp_path / "db"
+    (dataset / "Realistic").mkdir(parents=True)
+    shard = dataset / "Realistic" / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"clip": pa.array([grey_video(3)], pa.binary())}), shard)
+    result = subprocess.run([sys.executable, "prepare_dataset.py", "--dataset_path", str(dataset), "--output_dir", str(tmp_path / "out"), "--scene_types", "realistic", "--quiet"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"stopped reading this scene: {shard}: no 'video' column (columns: clip)" in result.stdout
+    assert "1 scene(s) stopped early" in result.stdout
