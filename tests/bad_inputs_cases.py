@@ -151,6 +151,17 @@ def _pecn_models(argv):
     return train_instruct_pix2pix.load_models(train_instruct_pix2pix.parse_args(argv))
 
 
+# How a user starts each command-line entry point from the repository root.
+COMMANDS = {
+    "prepare_dataset.py": ["prepare_dataset.py"],
+    "pecn.dataset": ["-m", "pecn.dataset"],
+    "pecn.video_loader": ["-m", "pecn.video_loader"],
+    "train_world_explorer.py": ["train_world_explorer.py"],
+    "sample_world_explorer.py": ["sample_world_explorer.py"],
+    "train_instruct_pix2pix.py": ["train_instruct_pix2pix.py"],
+    "sample_from_pix2pix.py": ["sample_from_pix2pix.py"],
+}
+
 ENTRIES: dict[str, Callable] = {
     "prepare_dataset.py": _prepare,
     "pecn.dataset": _cli("pecn.dataset", wrap=False),
@@ -639,9 +650,10 @@ def genex_base(make: Callable[[Path], Path], *flags: str) -> Callable[[Path, Env
 
 
 def base_with_gap(tmp: Path) -> Path:
-    """Frames 1-3 and 7-9: a window of 4 would join frames that are not consecutive."""
+    """A complete folder, and one with frames 1-3 and 7-9: a window of 4 there would join frames that are not consecutive."""
     base = tmp / "frames"
-    write_frame_folder(base / "realistic" / "video_00001", 6, seed=0, numbers=[1, 2, 3, 7, 8, 9])
+    write_frame_folder(base / "realistic" / "video_00001", CLIP_LENGTH, seed=0)
+    write_frame_folder(base / "realistic" / "video_00002", 6, seed=1, numbers=[1, 2, 3, 7, 8, 9])
     return base
 
 

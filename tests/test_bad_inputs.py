@@ -6,6 +6,8 @@ user must see:
 - "error": a non-zero exit code and ONE line on stderr with "error:" that matches every pattern
   (the file or flag, and the problem); never a traceback;
 - "skip": the run succeeds and its summary (stdout, stderr or log) counts and names what was skipped;
+- "stopped": the summary names the file and the problem, and the run exits non-zero because a whole
+  part of the input (a scene's table) could not be read;
 - "works": the run succeeds and reads the input right (`check`);
 - "fresh start": `--resume_from_checkpoint latest` with no checkpoint trains from step 0 and says so.
 
@@ -14,13 +16,19 @@ byte for byte the same after the run: a bad input never costs work already done.
 """
 
 import hashlib
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
 
 import bad_inputs_cases as b
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -57,11 +65,11 @@ CASES = [
          (r"1 written \(1 short\)", r"short: realistic/video_00001 \({bad}\): 2 of 4 frames")),
     Case("prepare-parquet-row-truncated", "prepare_dataset.py", b.parquet_truncated_row, "skip",
          (r"1 written .*1 failed", r"failed: realistic/video_00002 \({bad}\): .*(" + DECODE_FAILURE + ")")),
-    Case("prepare-parquet-without-video-column", "prepare_dataset.py", b.parquet_without_video_column, "skip",
-         (r"stopped reading this scene: {bad}: no 'video' column \(columns: mp4, caption\)",)),
-    Case("prepare-parquet-is-lfs-pointer", "prepare_dataset.py", b.parquet_is_lfs_pointer, "skip",
+    Case("prepare-parquet-without-video-column", "prepare_dataset.py", b.parquet_without_video_column, "stopped",
+         (r"stopped reading this scene: {bad}: no 'video' column \(columns: mp4, caption\)", r"1 scene\(s\) stopped early")),
+    Case("prepare-parquet-is-lfs-pointer", "prepare_dataset.py", b.parquet_is_lfs_pointer, "stopped",
          (r"stopped reading this scene: {bad}: not a readable parquet file .*git lfs pull",)),
-    Case("prepare-csv-without-video-column", "prepare_dataset.py", b.csv_without_video_column, "skip",
+    Case("prepare-csv-without-video-column", "prepare_dataset.py", b.csv_without_video_column, "stopped",
          (r"stopped reading this scene: {bad}: no 'video' column",)),
     Case("prepare-dataset-path-missing", "prepare_dataset.py", b.dataset_path_missing, "error", (r"{bad}", r"does not exist")),
     Case("prepare-no-scene-found", "prepare_dataset.py", b.no_scene_found, "error", (r"{bad}", r"none of the scene types realistic found", r"Cartoon")),
@@ -104,7 +112,7 @@ CASES = [
     Case("genex-model-is-checkpoint", "train_world_explorer.py", b.genex_model(b.checkpoint_folder), "error", (r"{model}", NOT_SVD)),
     Case("genex-unet-4-channels", "train_world_explorer.py", b.genex_model(b.svd_with_4_channel_unet), "error",
          (r"{model}", r"unet takes 4 input channels, SVD needs 2 x 4")),
-    Case("genex-checkpoint-of-pecn-run", "train_world_explorer.py", b.genex_resume(b.ip2p_trainable), "error",
+    Case("genex-checkpoint-of-pecn-run", "train_world_explorer.py", b.genex_resume(b.ip2p_trainable, resume="latest"), "error",
          (r"{checkpoint}", r"trainable parameters do not match this run", r"another trainable set")),
     Case("genex-checkpoint-other-shapes", "train_world_explorer.py", b.genex_resume(lambda env: b.other_shape(b.svd_trainable(env))), "error",
          (r"{checkpoint}", r"has shape \(\d+.*\), the model expects")),
@@ -152,7 +160,7 @@ CASES = [
     Case("pecn-unet-5-channels", "train_instruct_pix2pix.py", b.pecn_model(b.ip2p_with_5_channel_unet), "error",
          (r"{model}", r"5 input channels", r"expected 4 .* or 8")),
     Case("pecn-unet-4-channels-grows", "train_instruct_pix2pix.py models", b.pecn_model(b.t2i_folder), "works", (), b.unet_has_8_channels),
-    Case("pecn-checkpoint-of-genex-run", "train_instruct_pix2pix.py", b.pecn_resume(b.svd_trainable), "error",
+    Case("pecn-checkpoint-of-genex-run", "train_instruct_pix2pix.py", b.pecn_resume(b.svd_trainable, resume="latest"), "error",
          (r"{checkpoint}", r"trainable parameters do not match this run")),
     Case("pecn-checkpoint-other-shapes", "train_instruct_pix2pix.py", b.pecn_resume(lambda env: b.other_shape(b.ip2p_trainable(env))), "error",
          (r"{checkpoint}", r"has shape \(\d+.*\), the model expects")),
@@ -215,7 +223,7 @@ def test_bad_input(case, env, tmp_path, capsys, caplog):
         for pattern in patterns(case, built):
             assert re.search(pattern, lines[0]), f"{pattern!r} not in {lines[0]!r}"
     else:
-        assert outcome.code == 0, shown[-3000:]
+        assert (outcome.code != 0) == (case.expect == "stopped"), shown[-3000:]
         for pattern in patterns(case, built):
             assert re.search(pattern, shown), f"{pattern!r} not in:\n{shown[-3000:]}"
     if case.check:
@@ -237,3 +245,16 @@ def test_every_issue_case_is_in_the_matrix():
     ]
     assert not [name for name in required if name not in ids]
     assert len(ids) == len(CASES)
+
+
+@pytest.mark.parametrize("case_id", ["prepare-dataset-path-missing", "ssv2-train-is-a-dict", "sampler-genex-panorama-not-an-image"])
+def test_a_shell_sees_what_the_matrix_sees(case_id, env, tmp_path, capsys, caplog):
+    """The in-process runner shows what a user's shell shows: the same exit code and the same error line."""
+    case = next(case for case in CASES if case.id == case_id)
+    built = case.build(tmp_path, env)
+    outcome = b.run_entry(case.entry, built.argv, capsys, caplog)
+    shell = subprocess.run([sys.executable, *b.COMMANDS[case.entry], *built.argv], cwd=REPO, capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert shell.returncode == outcome.code
+    assert [line for line in shell.stderr.splitlines() if "error:" in line] == [line for line in outcome.err.splitlines() if "error:" in line]
+    assert "Traceback" not in shell.stderr
