@@ -190,7 +190,7 @@ def bench_clip_loading(work: Path, sizes: Sizes, repeats: int) -> list[dict]:
         device = torch.device("cuda")
         candidates = {
             "predecessor": lambda: predecessor_clip(frame_paths, sizes.genex_size).to(device),
-            "project": lambda: to_model_range(dataset[0]["pixel_values"].to(device)),
+            "project": lambda: to_model_range(dataset[0]["pixel_values"].to(device), torch.float32),
         }
         synchronize, where = torch.cuda.synchronize, "item + to GPU"
     else:

@@ -2,6 +2,7 @@
 
 import ctypes
 import errno
+import glob
 import json
 import os
 import signal
@@ -94,6 +95,18 @@ def write_atomic(path: os.PathLike, data: bytes) -> None:
             raise naming_path(error, path) from None
         raise
     fsync_dir(path.parent)
+
+
+def remove_stale_temps(path: os.PathLike) -> int:
+    """Delete the temporary files that a run killed inside write_atomic(path) left beside `path`; returns how many.
+
+    Only for a single writer per file (as the data preparation CLIs are): another writer's temp would go too.
+    """
+    path = Path(path)
+    stale = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")) if path.parent.is_dir() else []
+    for temp in stale:
+        temp.unlink(missing_ok=True)
+    return len(stale)
 
 
 def write_json_atomic(path: os.PathLike, data: Any) -> None:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from common.files import write_json_atomic
+from common.files import remove_stale_temps, write_json_atomic
 from pecn.tasks import TASK_TEMPLATES, strip_brackets
 
 REQUIRED_ENTRY_FIELDS = ("id", "label", "template")
@@ -150,6 +150,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     # Both files are written only once both splits are known to be valid.
     for path, kept in outputs.items():
         try:
+            # A run killed while writing this file left its temporary copy: the file itself is whole.
+            remove_stale_temps(path)
             write_json_atomic(path, kept)
         except OSError as error:
             # The file keeps its previous content (written atomically); say which one could not be written.

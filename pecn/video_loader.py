@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from common.files import DiskFullError, die_with_parent, naming_path, write_file
+from common.files import DiskFullError, die_with_parent, naming_path, remove_stale_temps, write_file
 from common.video import VideoDecodeError, iter_video_frames
 from pecn.dataset import AnnotationError, load_annotations, write_json_atomic
 
@@ -218,6 +218,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     for path, entries in annotations.items():
         try:
+            # A run killed while writing this file left its temporary copy: the file itself is whole.
+            remove_stale_temps(path)
             write_json_atomic(path, mark_annotations(entries, results))
         except OSError as error:
             sys.exit(f"error: {error}")

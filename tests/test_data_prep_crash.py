@@ -217,6 +217,8 @@ def test_video_loader_killed_mid_video_then_rerun_equals_an_uninterrupted_run(ss
     shutil.copytree(ssv2_root, root)
     finished = kill_mid_video(pecn_command(root), root, pecn_finished(root))
     assert partials(root) and tree(root) != pecn_reference
+    # What a kill inside write_json_atomic leaves: the old file whole, and its temporary copy.
+    (root / "annotations" / ".train_filtered.json.k1ll3d.tmp").write_text('[{"id": "1", "lab')
 
     stdout = run_ok(pecn_command(root))
     assert tree(root) == pecn_reference and not partials(root)

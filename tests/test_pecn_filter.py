@@ -267,3 +267,12 @@ def test_crash_while_writing_leaves_old_file_and_no_temp(annotations, tmp_path, 
         dataset.main(["--annotations_dir", str(annotations), "--videos_dir", str(tmp_path / "none"), "--output_dir", str(out), "--train_per_task", "1"])
     monkeypatch.undo()
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_temporary_copy_left_by_a_killed_run_is_removed(annotations, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".val_filtered.json.k1ll3d.tmp").write_text("[{")
+    (out / "notes.tmp").write_text("not ours")
+    dataset.main(["--annotations_dir", str(annotations), "--videos_dir", str(tmp_path / "none"), "--output_dir", str(out)])
+    assert sorted(os.listdir(out)) == ["notes.tmp", "train_filtered.json", "val_filtered.json"]
