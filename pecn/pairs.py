@@ -2,8 +2,8 @@
 
 Columns: input_image, edited_image (PIL RGB, lazily decoded by `datasets.Image`), edit_prompt,
 id, task, label, num_frames, progress (percent, or -1 without progress). A video that has no
-frame `target_frame_idx`, whose extraction failed, or whose frame files are missing yields no
-pair; those are counted by reason and reported.
+frame `target_frame_idx`, whose extraction failed, or whose frame files are missing or not
+readable images yields no pair; those are counted by reason and reported, unreadable files by name.
 """
 
 import logging
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
+from PIL import Image
 
 from pecn.dataset import load_annotations
 from pecn.prompts import build_prompt, progress_percent
@@ -28,6 +29,16 @@ class PairDatasetError(ValueError):
 def check_frame_indices(input_frame_idx: int, target_frame_idx: int) -> None:
     if input_frame_idx < 0 or target_frame_idx <= input_frame_idx:
         raise PairDatasetError(f"need 0 <= input_frame_idx < target_frame_idx, got {input_frame_idx} and {target_frame_idx}")
+
+
+def unreadable_image(path: Path) -> Optional[str]:
+    """Why `path` is not a readable image (None when it is); only the header is read, pixels are decoded later."""
+    try:
+        with Image.open(path) as image:
+            image.size
+    except (OSError, ValueError) as error:
+        return str(error) or type(error).__name__
+    return None
 
 
 def pair_records(entries: list[dict], annotation_file, frames_dir, input_frame_idx: int, target_frame_idx: int,
@@ -47,6 +58,13 @@ def pair_records(entries: list[dict], annotation_file, frames_dir, input_frame_i
         input_path, target_path = (frame_path(frames_dir, entry["id"], i) for i in (input_frame_idx, target_frame_idx))
         if not (input_path.is_file() and target_path.is_file()):
             skipped[f"frame files missing in {frames_dir}"] += 1
+            continue
+        # A broken frame would otherwise stop training mid-epoch, inside the DataLoader.
+        problems = {path: reason for path in (input_path, target_path) if (reason := unreadable_image(path))}
+        if problems:
+            for path, reason in problems.items():
+                logger.warning("%s: cannot read image (%s); its pair is skipped", path, reason)
+            skipped["frame files unreadable"] += 1
             continue
         records.append({
             "input_image": str(input_path),
