@@ -835,6 +835,11 @@ def pecn_fresh_start(tmp: Path, env: Env) -> Built:
     return Built(pecn_argv(env, tmp / "run", "--resume_from_checkpoint=latest"), {"output": str(tmp / "run")})
 
 
+def pecn_odd_resolution(tmp: Path, env: Env) -> Built:
+    """--resolution 30 from 32x32 frames: no multiple of 8, which diffusers' UNet2DConditionModel handles."""
+    return Built(pecn_argv(env, tmp / "run", "--resolution=30", f"--frames_dir={env.ssv2 / f'frames_{SIZE}x{SIZE}'}"), {"output": str(tmp / "run")})
+
+
 def pecn_data_copy(tmp: Path, env: Env, change_entries: Callable[[list], Any] = None) -> Path:
     """A data root whose train_filtered.json is the prepared one, changed by `change_entries`."""
     root = tmp / "sthv2"
@@ -880,6 +885,17 @@ def pecn_frames_in_mode(mode: str) -> Callable[[Path, Env], Built]:
         return Built(pecn_argv(env, tmp / "run", data_root=root), {"id": entry["id"]})
 
     return build
+
+
+def pecn_frame_unreadable(tmp: Path, env: Env) -> Built:
+    """Every prepared pair, with the input frame of one video an empty file."""
+    root = pecn_data_copy(tmp, env)
+    frames = root / f"frames_{SIZE}x{SIZE}"
+    frames.unlink()
+    shutil.copytree(env.ssv2 / f"frames_{SIZE}x{SIZE}", frames)
+    entry = next(e for e in json.loads((root / "annotations" / "train_filtered.json").read_text()) if e["num_frames"] == NUM_FRAMES)
+    (frames / entry["id"] / "00020.png").write_bytes(b"")
+    return Built(pecn_argv(env, tmp / "run", data_root=root), {"bad": str(frames / entry["id"] / "00020.png")})
 
 
 def pair_in_colour(mode: str) -> Callable[[Built, Outcome], None]:

@@ -175,6 +175,9 @@ CASES = [
     Case("pecn-annotations-without-num_frames", "train_instruct_pix2pix.py", b.pecn_annotations(b.without_num_frames), "error",
          (r"{annotation}", r"has no num_frames", r"pecn.video_loader")),
     Case("pecn-frames-folder-missing", "train_instruct_pix2pix.py", b.pecn_annotations(frames=False), "error", (r"{frames}", r"does not exist")),
+    Case("pecn-frame-unreadable", "train_instruct_pix2pix.py data", b.pecn_frame_unreadable, "skip",
+         (r"{bad}: cannot read image", r"skipped .*1 frame files unreadable")),
+    Case("pecn-resolution-not-multiple-of-8", "train_instruct_pix2pix.py", b.pecn_odd_resolution, "works", (), b.pipeline_saved),
     *[Case(f"pecn-frames-{mode}", "train_instruct_pix2pix.py data", b.pecn_frames_in_mode(mode), "works", (), b.pair_in_colour(mode),
            xfail=PECN_PIXELS if mode in ("16bit-gray", "rgba") else None)
       for mode in b.COLOUR_MODES],
