@@ -9,6 +9,7 @@ contrastive loss (genex/spherical.py). See DESIGN.md for the formulas.
 """
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def parse_args(argv=None):
     group.add_argument("--height", type=int, default=576, help="Training height in pixels.")
     group.add_argument("--per_gpu_batch_size", type=int, default=1, help="Clips per process per batch.")
     group.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes.")
+    group.add_argument("--latents_cache_dir", type=str, default=None, help=(
+        "Train from cached VAE posteriors and CLIP embeddings; build the cache first with python -m genex.cache_latents "
+        "(same model, --base_folder, --width, --height; its default place is <base_folder>/.latent_cache). A cache of other "
+        "models, another resolution or changed frames is refused. A step then encodes only the noise-augmented first "
+        "frame: the image encoder and the VAE decoder stay on the CPU (the decoder is on the device with --scl_loss, "
+        "which also reads the frames; both come to the device for the duration of a validation)."))
+    group.add_argument("--compile", action="store_true", help="torch.compile the UNet (default mode). Needs a working compiler toolchain (Triton on GPU, a C++ compiler on CPU); the first steps are slow, later ones faster on GPU.")
 
     group = parser.add_argument_group("objective")
     group.add_argument("--p_mean", type=float, default=0.7, help="Mean of log sigma (EDM's P_mean).")
@@ -64,7 +72,7 @@ def parse_args(argv=None):
     group.add_argument("--scl_loss", action="store_true", help="Add the spherical contrastive loss (yaw-rotation consistency of the x0 estimate).")
     group.add_argument("--num_scl_samples", type=int, default=3, help="Yaw rotations per step for the spherical contrastive loss.")
     group.add_argument("--scl_beta", type=float, default=None, help="Constant SCL weight beta (the paper's form); default: GenEx's released schedule 0.05 -> 1 over the first half of training.")
-    group.add_argument("--decode_chunk_size", type=int, default=8, help="Frames decoded at once (SCL and validation).")
+    group.add_argument("--decode_chunk_size", type=int, default=8, help="Frames per VAE call: encoding clips, SCL's decode and encodes (each chunk checkpointed), validation.")
 
     group = parser.add_argument_group("validation")
     group.add_argument("--validation_images_folder", type=str, default=None, help="Folder of panoramas to generate validation videos from.")
@@ -133,6 +141,28 @@ def build_pipeline(args, unet, vae, image_encoder, feature_extractor):
     return StableVideoDiffusionPipeline(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler, feature_extractor=feature_extractor)
 
 
+def device_placement(args, vae, image_encoder) -> tuple[list, list]:
+    """(frozen modules a training step needs on the device, those kept on the CPU)."""
+    # With cached latents a step encodes only the first frame (VAE encoder), and decodes only for SCL.
+    if not args.latents_cache_dir:
+        return [vae, image_encoder], []
+    if args.scl_loss:
+        return [vae], [image_encoder]
+    return [vae.encoder, vae.quant_conv], [vae.decoder, image_encoder]
+
+
+@contextlib.contextmanager
+def moved_to(device, modules):
+    """Inside, `modules` are on `device`; afterwards back on the CPU."""
+    for module in modules:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to("cpu")
+
+
 def validate(args, accelerator, unet, vae, image_encoder, feature_extractor, step: int) -> None:
     """Generate a video from each validation panorama with the current weights and log it."""
     from genex.generate import generate_video, list_images, load_rgb
@@ -179,8 +209,9 @@ def main(argv=None):
         fps_id_for,
     )
     from genex.data import FrameFolderDataset, to_model_range
+    from genex.latent_cache import LatentCacheDataset, cache_fingerprint, sample_latents
     from genex.edm import append_dims, denoise, edm_loss, sample_cond_sigma, sample_sigma
-    from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, spherical_contrastive_loss
+    from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, scl_encode, spherical_contrastive_loss
 
     args = parse_args(argv)
     accelerator = create_accelerator(args)
@@ -190,23 +221,35 @@ def main(argv=None):
         set_seed(args.seed)
     allow_tf32(args.allow_tf32)
 
-    # Models: frozen VAE and image encoder in the weight dtype; only temporal blocks train.
+    # Models: frozen VAE and image encoder in the weight dtype, on the device only where a step needs them.
     feature_extractor, image_encoder, vae, unet = load_models(args)
     check_resolution(args, vae, unet)
+    # The cache's fingerprint is of the weights as loaded, before the cast to the weight dtype.
+    fingerprint = cache_fingerprint(vae, image_encoder, feature_extractor, args.width, args.height) if args.latents_cache_dir else None
     dtype = weight_dtype(accelerator)
-    vae.requires_grad_(False).to(accelerator.device, dtype=dtype)
-    image_encoder.requires_grad_(False).to(accelerator.device, dtype=dtype)
+    vae.requires_grad_(False).to(dtype=dtype)
+    image_encoder.requires_grad_(False).to(dtype=dtype)
+    on_device, off_device = device_placement(args, vae, image_encoder)
+    for module in on_device:
+        module.to(accelerator.device)
     trainable = freeze_all_but_temporal_blocks(unet, dtype)
     trainable_params = [p for _, p in trainable]
     enable_memory_efficient_attention(unet, args.enable_xformers_memory_efficient_attention)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    if args.compile:
+        # In place: parameter names, checkpoints and the final save see the plain UNet.
+        unet.compile()
     ema, ema_names = create_ema(trainable, args.ema_decay) if args.use_ema else (None, None)
     generator = create_generator(accelerator, args.seed)
     logger.info("Training %.1f M of %.1f M UNet parameters", sum(p.numel() for p in trainable_params) / 1e6, sum(p.numel() for p in unet.parameters()) / 1e6)
 
-    # Data: random windows of frames from every folder under --base_folder.
-    dataset = FrameFolderDataset(args.base_folder, args.num_frames, args.width, args.height, seed=args.seed or 0)
+    # Data: random windows of frames from every folder under --base_folder (or their cached posteriors, same windows).
+    if args.latents_cache_dir:
+        dataset = LatentCacheDataset(args.base_folder, args.latents_cache_dir, args.num_frames, args.width, args.height,
+                                     seed=args.seed or 0, with_pixels=args.scl_loss, fingerprint=fingerprint)
+    else:
+        dataset = FrameFolderDataset(args.base_folder, args.num_frames, args.width, args.height, seed=args.seed or 0)
     dataloader = DataLoader(dataset, batch_size=args.per_gpu_batch_size, shuffle=True, num_workers=args.num_workers)
     # Optimizer, schedule, Accelerate, trackers; resume restores step, optimizer, schedule, EMA and random streams.
     unet, optimizer, dataloader, lr_scheduler, plan = prepare_training(
@@ -218,22 +261,29 @@ def main(argv=None):
     fps_id = fps_id_for(args.fps)
 
     def scl_encoder(pixels):
-        """SCL's E: the VAE's posterior mode, scaled (deterministic, so both branches see the same encoder)."""
-        return encode_video_latents(vae, pixels, chunk_size=args.decode_chunk_size, sample=False).float()
+        return scl_encode(vae, pixels, args.decode_chunk_size)
 
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     for epoch in range(plan.first_epoch, plan.num_train_epochs):
         dataset.set_epoch(epoch)
         for batch in epoch_batches(accelerator, dataloader, epoch, plan.batches_to_skip if epoch == plan.first_epoch else 0):
             with accelerator.accumulate(unet):
-                # Encode: clean latents z0, the noise-augmented conditioning frame, its CLIP embedding.
-                frames = to_model_range(batch["pixel_values"].to(accelerator.device, non_blocking=True), dtype)
-                batch_size = frames.shape[0]
+                # Encode: clean latents z0 (from the cache, a draw from the stored posterior with the same eps),
+                # the CLIP embedding of the clean first frame, and that frame noise-augmented.
+                frames = to_model_range(batch["pixel_values"].to(accelerator.device), dtype) if "pixel_values" in batch else None
                 with torch.no_grad():
-                    z0 = encode_video_latents(vae, frames, generator, args.decode_chunk_size).float()
+                    if args.latents_cache_dir:
+                        latent_mean, latent_std = batch["latent_mean"].to(accelerator.device), batch["latent_std"].to(accelerator.device)
+                        z0 = sample_latents(latent_mean, latent_std, vae.config.scaling_factor, generator)
+                        first_frame = to_model_range(batch["first_frame"].to(accelerator.device), dtype)
+                        clip_embedding = batch["clip_embedding"].to(accelerator.device).float().unsqueeze(1)
+                    else:
+                        z0 = encode_video_latents(vae, frames, generator, args.decode_chunk_size)
+                        first_frame = frames[:, 0]
+                        clip_embedding = clip_image_embedding(image_encoder, feature_extractor, first_frame).float()
+                    batch_size = z0.shape[0]
                     cond_sigma = sample_cond_sigma((batch_size,), generator, accelerator.device)
-                    cond_latents = encode_cond_latents(vae, frames[:, 0], cond_sigma.to(dtype), args.num_frames, generator).float()
-                    clip_embedding = clip_image_embedding(image_encoder, feature_extractor, frames[:, 0]).float()
+                    cond_latents = encode_cond_latents(vae, first_frame, cond_sigma.to(dtype), args.num_frames, generator).float()
 
                 # Conditioning dropout, so classifier-free guidance works at inference.
                 keep_clip, keep_latent = conditioning_dropout_masks(batch_size, args.conditioning_dropout_prob, generator, accelerator.device)
@@ -280,7 +330,7 @@ def main(argv=None):
                 save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
             is_last = global_step >= max_train_steps
             if args.validation_images_folder and (global_step % args.validation_steps == 0 or is_last) and accelerator.is_main_process:
-                with ema_weights_swapped_in(ema, trainable_params):
+                with ema_weights_swapped_in(ema, trainable_params), moved_to(accelerator.device, off_device):
                     validate(args, accelerator, unet, vae, image_encoder, feature_extractor, global_step)
             if is_last:
                 break

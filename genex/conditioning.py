@@ -85,14 +85,12 @@ def sample_latents(mean: torch.Tensor, std: torch.Tensor, scaling_factor: float,
     return (mean.float() + std.float() * eps) * scaling_factor
 
 
-def encode_video_latents(vae, frames: torch.Tensor, generator=None, chunk_size: int = 8, sample: bool = True) -> torch.Tensor:
+def encode_video_latents(vae, frames: torch.Tensor, generator=None, chunk_size: int = 8) -> torch.Tensor:
     """Scaled latents z0 [B,F,4,h,w] float32 of `frames` [B,F,3,H,W], encoded `chunk_size` frames at a time.
 
     One draw for the whole batch, so chunking changes nothing and cached statistics draw the same eps.
-    `sample=False` takes the posterior mode instead of a draw (a deterministic encoder, as SCL's E).
     """
     if frames.ndim != 5:
         raise ValueError(f"frames must be [B,F,3,H,W], got shape {tuple(frames.shape)}")
     mean, std = frame_latent_statistics(vae, frames.flatten(0, 1), chunk_size)
-    latents = sample_latents(mean, std, vae.config.scaling_factor, generator) if sample else mean * vae.config.scaling_factor
-    return latents.unflatten(0, frames.shape[:2])
+    return sample_latents(mean, std, vae.config.scaling_factor, generator).unflatten(0, frames.shape[:2])

@@ -6,7 +6,9 @@ edges meet, so the shifted image is again a valid panorama.
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 
+from genex.conditioning import frame_latent_statistics
 from genex.edm import edm_loss
 
 
@@ -32,6 +34,14 @@ def sample_yaw_angles(num: int, generator=None) -> list[float]:
     return (torch.rand(num, generator=generator, device=device) * 180.0).tolist()
 
 
+def checkpointed(function, x: torch.Tensor):
+    """function(x); when x needs a gradient, its activations are recomputed in the backward pass instead of kept."""
+    # Full-resolution VAE activations of a whole clip do not fit in memory; one chunk's at a time do.
+    if torch.is_grad_enabled() and x.requires_grad:
+        return checkpoint(function, x, use_reentrant=False)
+    return function(x)
+
+
 def decode_x0(vae, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
     """Decode scaled latents [B,F,4,h,w] to pixels [B,F,3,H,W], with gradients, `decode_chunk_size` frames per call."""
     if latents.ndim != 5:
@@ -39,12 +49,28 @@ def decode_x0(vae, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tenso
     if decode_chunk_size < 1:
         raise ValueError(f"decode_chunk_size must be >= 1, got {decode_chunk_size}")
     z = (latents / vae.config.scaling_factor).to(vae.dtype)
+
+    def decode(chunk):
+        return vae.decode(chunk, num_frames=chunk.shape[0]).sample
+
     # Chunks stay inside one video: the temporal decoder mixes the frames of a call as one clip.
-    videos = [
-        torch.cat([vae.decode(chunk, num_frames=chunk.shape[0]).sample for chunk in video.split(decode_chunk_size)])
-        for video in z
-    ]
+    videos = [torch.cat([checkpointed(decode, chunk) for chunk in video.split(decode_chunk_size)]) for video in z]
     return torch.stack(videos)
+
+
+def scl_encode(vae, pixels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """SCL's E: the scaled posterior mode [B,F,4,h,w] float32 of `pixels` [B,F,3,H,W], `chunk_size` frames per call.
+
+    The mode, not a draw, so prediction and target go through the same deterministic encoder.
+    """
+    if pixels.ndim != 5:
+        raise ValueError(f"pixels must be [B,F,3,H,W], got shape {tuple(pixels.shape)}")
+
+    def encode(chunk):
+        return frame_latent_statistics(vae, chunk, chunk.shape[0])[0]
+
+    mean = torch.cat([checkpointed(encode, chunk) for chunk in pixels.flatten(0, 1).split(chunk_size)])
+    return (mean * vae.config.scaling_factor).unflatten(0, pixels.shape[:2])
 
 
 def spherical_contrastive_loss(x_pred, x0, sigma, thetas, encode) -> torch.Tensor:

@@ -131,16 +131,51 @@ def test_final_folder_is_an_svd_pipeline_with_frozen_weights_unchanged(trained, 
     assert frames.shape == (1, 3, HEIGHT, WIDTH, 3)
 
 
-def test_resume_from_latest_continues_the_run(setup):
+@pytest.fixture(scope="module")
+def straight(setup):
+    """4 plain steps from the frames."""
+    output_dir = setup["root"] / "straight"
+    accelerate_launch(base_args(setup, output_dir, 4, "--checkpointing_steps=2"))
+    return output_dir
+
+
+def scalars(output_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [EventAccumulator(str(p.parent)).Reload() for p in (output_dir / "logs").rglob("events.out.tfevents.*")]
+    return [(s.step, s.value) for acc in events if tag in acc.Tags()["scalars"] for s in acc.Scalars(tag)]
+
+
+def test_resume_from_latest_continues_the_run(setup, straight):
     """A 2-step run resumed to 4 steps ends bit for bit where a straight 4-step run ends."""
-    straight, resumed = setup["root"] / "straight", setup["root"] / "resumed"
-    accelerate_launch(base_args(setup, straight, 4, "--checkpointing_steps=2"))
+    resumed = setup["root"] / "resumed"
     accelerate_launch(base_args(setup, resumed, 2, "--checkpointing_steps=2"))
     log = accelerate_launch(base_args(setup, resumed, 4, "--checkpointing_steps=2", "--resume_from_checkpoint=latest"))
     assert "Resumed from" in log and "checkpoint-2 at step 2" in log
     a = load_file(str(straight / "checkpoint-4" / "0_trainable_weights.safetensors"))
     b = load_file(str(resumed / "checkpoint-4" / "0_trainable_weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cached_latents_make_the_same_draws_as_the_frames(setup, straight):
+    """With --latents_cache_dir the run draws the same z0 and noise as from the frames: equal losses up to fp16 rounding."""
+    cache_dir = setup["root"] / "latent_cache"
+    result = subprocess.run([sys.executable, "-m", "genex.cache_latents", f"--pretrained_model_name_or_path={setup['model']}",
+                             f"--base_folder={setup['frames']}", f"--cache_dir={cache_dir}", f"--width={WIDTH}", f"--height={HEIGHT}"],
+                            cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output_dir = setup["root"] / "cached"
+    accelerate_launch(base_args(setup, output_dir, 2, "--checkpointing_steps=100", f"--latents_cache_dir={cache_dir}"))
+    cached, frames = scalars(output_dir, "loss_edm"), scalars(straight, "loss_edm")[:2]
+    assert [step for step, _ in cached] == [step for step, _ in frames] == [1, 2]
+    for (_, a), (_, b) in zip(cached, frames):
+        assert a == pytest.approx(b, rel=1e-2) and a != b  # fp16 statistics: close, not bit-equal
+
+    # The cache does not fit another resolution: refused in one line that says how to rebuild it.
+    refused = subprocess.run([sys.executable, str(REPO / "train_world_explorer.py"), *base_args(setup, output_dir, 1),
+                              f"--latents_cache_dir={cache_dir}", f"--width={2 * WIDTH}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "this run needs" in refused.stderr and "python -m genex.cache_latents" in refused.stderr
 
 
 def test_two_processes_keep_weights_in_sync(setup):
@@ -203,3 +238,20 @@ def test_bf16_mixed_precision_keeps_frozen_weights_exact(setup):
     assert all(trained_unet[k].dtype == torch.float32 for k in trained_unet)
     assert all(torch.equal(trained_unet[k], base_unet[k]) for k in base_unet if "temporal_transformer_block" not in k)
     assert list((output_dir / "validation" / "step_1").glob("*.mp4"))
+
+
+def test_compile_is_in_place_so_checkpoints_and_the_final_save_see_plain_names(setup, tmp_path):
+    """--compile compiles the UNet in place (compiling itself takes minutes on CPU, so it is not run here)."""
+    from accelerate.utils import extract_model_from_parallel
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    sys.path.insert(0, str(REPO))
+    from train_world_explorer import parse_args, select_temporal_blocks
+
+    assert parse_args(base_args(setup, tmp_path, 1, "--compile")).compile
+    assert not parse_args(base_args(setup, tmp_path, 1)).compile
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(setup["model"], subfolder="unet")
+    names = [name for name, _ in select_temporal_blocks(unet)]
+    unet.compile()
+    assert extract_model_from_parallel(unet) is unet  # what accelerator.unwrap_model returns
+    assert [name for name, p in unet.named_parameters() if p.requires_grad] == names
