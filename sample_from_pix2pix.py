@@ -123,13 +123,6 @@ def load_pipeline(model_dir: str, device: str):
     return pipeline.to(device)
 
 
-def rgb_frames(example: dict) -> dict:
-    """The pair's frames as 8-bit RGB, converted as GenEx frames are (16-bit scaled, alpha over white), whatever the files' mode."""
-    from genex.data import to_rgb
-
-    return dict(example, input_image=to_rgb(example["input_image"]), edited_image=to_rgb(example["edited_image"]))
-
-
 def predict(pipeline, example: dict, args, index: int):
     """One prediction, drawn with its own generator (seed + index), so it does not depend on the samples before it."""
     from pecn.predict import predict_frame
@@ -227,6 +220,7 @@ def results_markdown(args, results: dict) -> str:
 def main(argv=None):
     from pecn.metrics import LpipsScorer
     from pecn.pairs import build_pair_dataset
+    from pecn.predict import rgb_frames
     from pecn.visualize import comparison_grid
 
     args = parse_args(argv)

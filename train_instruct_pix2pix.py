@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 
 from common.checkpoints import save_checkpoint
 from common.conditioning import conditioning_dropout_masks
+from common.images import to_rgb
 from common.pixels import to_model_range
 from common.trackers import log_validation_images
-from pecn.predict import predict_frame
+from pecn.predict import predict_frame, rgb_frames
 from pecn.visualize import comparison_grid
 from common.training import (
     NonFiniteLossGuard,
@@ -117,7 +118,7 @@ def make_preprocess(args, tokenizer):
     """
 
     def to_tensor(image):
-        image = image.convert("RGB")
+        image = to_rgb(image)
         if image.size != (args.resolution, args.resolution):
             image = image.resize((args.resolution, args.resolution), resample=3)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -180,7 +181,7 @@ def validate(args, accelerator, pipeline, val_dataset, epoch: int, step: int) ->
     generator = torch.Generator(device=accelerator.device).manual_seed(args.seed or 0)
     grids = {}
     with inference_precision(accelerator, [pipeline.unet, pipeline.vae, pipeline.text_encoder]):
-        for example in val_dataset.select(range(min(args.num_validation_images, len(val_dataset)))):
+        for example in map(rgb_frames, val_dataset.select(range(min(args.num_validation_images, len(val_dataset))))):
             prediction = predict_frame(pipeline, example["input_image"], example["edit_prompt"], args.validation_num_inference_steps,
                                        args.validation_image_guidance_scale, args.validation_guidance_scale, generator)
             name = f"{example['id']}"

@@ -59,7 +59,8 @@ def model_folder_error(path: str, error: Exception, kind: str, variant=None) -> 
     hint = ""
     if variant is None and folder.is_dir() and next(folder.glob("*/*.fp16.safetensors"), None) is not None:
         hint = "; it holds fp16 weight files: add --variant fp16"
-    return SetupError(f"{path}: not a {kind} pipeline folder ({str(error).splitlines()[0]}){hint}")
+    article = "an" if kind[0].lower() in "aeiou" else "a"
+    return SetupError(f"{path}: not {article} {kind} pipeline folder ({str(error).splitlines()[0]}){hint}")
 
 
 def check_shared_args(args) -> None:

@@ -23,7 +23,7 @@ def list_images(folder, limit=None) -> list[Path]:
 
 def load_rgb(path) -> Image.Image:
     """An image as 8-bit RGB, converted as training frames are (16-bit scaled, alpha over white)."""
-    from genex.data import to_rgb
+    from common.images import to_rgb
 
     try:
         with Image.open(path) as image:

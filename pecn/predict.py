@@ -2,6 +2,8 @@
 
 from PIL import Image
 
+from common.images import to_rgb
+
 
 def predict_frame(pipeline, input_image: Image.Image, prompt: str, num_inference_steps: int,
                   image_guidance_scale: float, guidance_scale: float, generator=None) -> Image.Image:
@@ -12,3 +14,8 @@ def predict_frame(pipeline, input_image: Image.Image, prompt: str, num_inference
     ).images[0]
     # The pipeline rounds sizes down to a multiple of the VAE's downsampling factor.
     return prediction if prediction.size == input_image.size else prediction.resize(input_image.size, resample=Image.Resampling.BICUBIC)
+
+
+def rgb_frames(example: dict) -> dict:
+    """The pair's frames as 8-bit RGB, converted as GenEx frames are (16-bit scaled, alpha over white), whatever the files' mode."""
+    return dict(example, input_image=to_rgb(example["input_image"]), edited_image=to_rgb(example["edited_image"]))

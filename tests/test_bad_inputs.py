@@ -45,9 +45,6 @@ class Case:
 DECODE_FAILURE = r"truncated|decoding failed|no frame"
 NOT_SVD = r"not a Stable Video Diffusion pipeline folder"
 NOT_IP2P = r"not a Stable Diffusion / InstructPix2Pix pipeline folder"
-PECN_PIXELS = ("needs: train_instruct_pix2pix.py make_preprocess.to_tensor: convert with genex.data.to_rgb (16-bit scaled, "
-               "alpha over white, as GenEx frames and both samplers are) instead of image.convert('RGB'), which clips 16-bit to white "
-               "and drops alpha")
 GAPS = ("needs: genex/data.py find_frame_folders/FrameFolderDataset: read each frame's number and draw windows only inside runs of "
         "consecutive numbers (folders with no run of --num_frames skipped and counted in the warning, with the gap named)")
 BROKEN_FRAME = ("needs: genex/data.py load_frame to raise ValueError (run_cli's one-line errors) instead of OSError, or common/training.py "
@@ -178,8 +175,7 @@ CASES = [
     Case("pecn-frame-unreadable", "train_instruct_pix2pix.py data", b.pecn_frame_unreadable, "skip",
          (r"{bad}: cannot read image", r"skipped .*1 frame files unreadable")),
     Case("pecn-resolution-not-multiple-of-8", "train_instruct_pix2pix.py", b.pecn_odd_resolution, "works", (), b.pipeline_saved),
-    *[Case(f"pecn-frames-{mode}", "train_instruct_pix2pix.py data", b.pecn_frames_in_mode(mode), "works", (), b.pair_in_colour(mode),
-           xfail=PECN_PIXELS if mode in ("16bit-gray", "rgba") else None)
+    *[Case(f"pecn-frames-{mode}", "train_instruct_pix2pix.py data", b.pecn_frames_in_mode(mode), "works", (), b.pair_in_colour(mode))
       for mode in b.COLOUR_MODES],
 
     # sample_from_pix2pix.py
