@@ -88,7 +88,7 @@ def parse_args(argv=None):
     parser.add_argument("--decode_chunk_size", type=int, default=8, help="GenEx: frames per VAE call (encode, and SCL's decode).")
     parser.add_argument("--cached_latents", action="store_true", help="GenEx: read VAE posterior statistics and CLIP embeddings from a latent cache instead of encoding frames (genex/latent_cache.py); the image encoder stays off the device.")
     parser.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes' 8-bit AdamW (needs bitsandbytes and a GPU).")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet.")
+    parser.add_argument("--compile", action="store_true", help="Compile the UNet in place (nn.Module.compile), as train_world_explorer.py --compile does.")
     parser.add_argument("--compare", nargs="+", choices=COMPARABLE, default=None,
                         help="Time, interleaved on the same models, the configuration with these switches off and with each one on (other flags as given); prints each one's step time relative to the first.")
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per configuration (interleaved rounds).")
@@ -266,57 +266,79 @@ def build_genex_models(args, dtype):
 def genex_setup(args, accelerator, configs, workdir: Path):
     """Models placed as train_world_explorer.py places them, the optimizer, data; returns (step function, info)."""
     from common.conditioning import conditioning_dropout_masks
-    from genex.conditioning import add_time_ids, clip_image_embedding, encode_cond_latents, encode_video_latents, fps_id_for
+    from genex.conditioning import add_time_ids, clip_image_embedding, encode_cond_latents, encode_video_latents, fps_id_for, sample_latents
     from genex.data import FrameFolderDataset, to_model_range
+    from genex.latent_cache import LatentCacheDataset, build_latent_cache
     from genex.edm import append_dims, denoise, edm_loss, sample_cond_sigma, sample_sigma
-    from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, spherical_contrastive_loss
+    from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, scl_encode, spherical_contrastive_loss
     from common.training import weight_dtype
-    from train_world_explorer import check_resolution, freeze_all_but_temporal_blocks
+    from train_world_explorer import check_resolution, device_placement, freeze_all_but_temporal_blocks
 
     dtype = weight_dtype(accelerator)
     device = accelerator.device
     feature_extractor, image_encoder, vae, unet = build_genex_models(args, dtype)
     check_resolution(args, vae, unet)
-    live = any(not config.cached for config in configs)
-    # Frozen modules in the weight dtype; the image encoder is only needed (on the device) when frames are encoded live.
-    vae.requires_grad_(False).to(device, dtype=dtype)
-    image_encoder.requires_grad_(False).to(device if live else "cpu", dtype=dtype)
+    frames_root = write_frame_folders(workdir / "frames", args.batch_size, args.num_frames, args.width, args.height)
+    loaders = {}
+    if any(not config.cached for config in configs):
+        loaders[False] = FrameFolderDataset(frames_root, args.num_frames, args.width, args.height)
+    if any(config.cached for config in configs):
+        # The cache as genex.cache_latents writes it, from the models as built; read with the script's dataset.
+        build_latent_cache(frames_root, workdir / "cache", vae, image_encoder, feature_extractor, args.width, args.height, device, dtype, args.decode_chunk_size)
+        loaders[True] = LatentCacheDataset(frames_root, workdir / "cache", args.num_frames, args.width, args.height,
+                                           with_pixels=any(config.cached and config.scl for config in configs))
+    batches = {cached: forever(torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=0)) for cached, dataset in loaders.items()}
+
+    # Frozen modules in the weight dtype, on the device only when a step needs them (the script's placement when every configuration is cached).
+    vae.requires_grad_(False).to(dtype=dtype)
+    image_encoder.requires_grad_(False).to(dtype=dtype)
+    placement = argparse.Namespace(latents_cache_dir=str(workdir / "cache") if False not in loaders else None, scl_loss=any(config.scl for config in configs))
+    on_device, off_device = device_placement(placement, vae, image_encoder)
+    for module in off_device:
+        module.to("cpu")
+    for module in on_device:
+        module.to(device)
     trainable = freeze_all_but_temporal_blocks(unet, dtype)
     params = [param for _, param in trainable]
     # Trainable weights train in float32, as from_pretrained loads them (the full-size builder makes them in `dtype`).
     for param in params:
         param.data = param.data.float()
-    base_unet = unet
-    set_checkpointing(base_unet, configs[0].checkpointing)
+    set_checkpointing(unet, configs[0].checkpointing)
     if args.compile:
-        unet = torch.compile(unet)
+        # In place, as the script does.
+        unet.compile()
     shared = shared_training_args(args, str(workdir))
+    info = {"unet_m": sum(p.numel() for p in unet.parameters()) / 1e6, "trainable_m": sum(p.numel() for p in params) / 1e6}
+    base_unet = unet
     unet, optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, unet, params, args.batch_size)
-    info = {"unet_m": sum(p.numel() for p in base_unet.parameters()) / 1e6, "trainable_m": sum(p.numel() for p in params) / 1e6}
-
-    dataset = FrameFolderDataset(write_frame_folders(workdir / "frames", args.batch_size, args.num_frames, args.width, args.height),
-                                 args.num_frames, args.width, args.height)
-    frame_batches = forever(torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=0))
     generator = torch.Generator(device=device).manual_seed(0)
     fps_id = fps_id_for(7)
     chunk = args.decode_chunk_size
 
     def scl_encoder(pixels):
-        """SCL's E, as train_world_explorer.py defines it: the VAE's posterior mode, scaled."""
-        return encode_video_latents(vae, pixels, chunk_size=chunk, sample=False).float()
+        return scl_encode(vae, pixels, chunk)
 
     def step(config: StepConfig, timer: StepTimer) -> None:
         set_checkpointing(base_unet, config.checkpointing)
         with timer.part("data"):
-            frames = to_model_range(next(frame_batches)["pixel_values"].to(device, non_blocking=True), dtype)
-        batch_size = frames.shape[0]
+            batch = {key: value.to(device) for key, value in next(batches[config.cached]).items() if torch.is_tensor(value)}
+            frames = to_model_range(batch["pixel_values"], dtype) if "pixel_values" in batch else None
+            first_frame = frames[:, 0] if frames is not None else to_model_range(batch["first_frame"], dtype)
+        batch_size = first_frame.shape[0]
         with torch.no_grad():
+            # Cached: z0 drawn from the stored posteriors; only the noise-augmented first frame is encoded.
             with timer.part("vae_encode"):
-                z0 = encode_video_latents(vae, frames, generator, chunk).float()
+                if config.cached:
+                    z0 = sample_latents(batch["latent_mean"], batch["latent_std"], vae.config.scaling_factor, generator)
+                else:
+                    z0 = encode_video_latents(vae, frames, generator, chunk)
                 cond_sigma = sample_cond_sigma((batch_size,), generator, device)
-                cond_latents = encode_cond_latents(vae, frames[:, 0], cond_sigma.to(dtype), args.num_frames, generator).float()
-            with timer.part("clip_encode"):
-                clip_embedding = clip_image_embedding(image_encoder, feature_extractor, frames[:, 0]).float()
+                cond_latents = encode_cond_latents(vae, first_frame, cond_sigma.to(dtype), args.num_frames, generator).float()
+            if config.cached:
+                clip_embedding = batch["clip_embedding"].float().unsqueeze(1)
+            else:
+                with timer.part("clip_encode"):
+                    clip_embedding = clip_image_embedding(image_encoder, feature_extractor, first_frame).float()
         keep_clip, keep_latent = conditioning_dropout_masks(batch_size, 0.1, generator, device)
         clip_embedding = clip_embedding * append_dims(keep_clip, clip_embedding.ndim)
         cond_latents = cond_latents * append_dims(keep_latent, cond_latents.ndim)
@@ -373,7 +395,8 @@ def pecn_setup(args, accelerator, configs, workdir: Path):
     from PIL import Image
 
     from common.conditioning import conditioning_dropout_masks
-    from common.training import weight_dtype
+    from common.pixels import to_model_range
+    from common.training import NonFiniteLossGuard, weight_dtype
     from pecn.prompts import build_prompt
     from pecn.unet import expand_conv_in
     from train_instruct_pix2pix import collate, diffusion_target, make_preprocess
@@ -387,12 +410,12 @@ def pecn_setup(args, accelerator, configs, workdir: Path):
     vae.requires_grad_(False).to(device, dtype=dtype)
     text_encoder.requires_grad_(False).to(device, dtype=dtype)
     unet.train()
-    base_unet = unet
-    set_checkpointing(base_unet, configs[0].checkpointing)
+    set_checkpointing(unet, configs[0].checkpointing)
     if args.compile:
-        unet = torch.compile(unet)
+        unet.compile()
     shared = shared_training_args(args, str(workdir))
-    params = list(base_unet.parameters())
+    base_unet = unet
+    params = list(unet.parameters())
     unet, optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, unet, params, args.batch_size)
     info = {"unet_m": sum(p.numel() for p in params) / 1e6, "trainable_m": sum(p.numel() for p in params) / 1e6}
 
@@ -405,13 +428,14 @@ def pecn_setup(args, accelerator, configs, workdir: Path):
     with torch.no_grad():
         null_text_embedding = text_encoder(null_prompt_ids.to(device))[0].float()
     generator = torch.Generator(device=device).manual_seed(0)
+    nonfinite = NonFiniteLossGuard(accelerator, shared.max_nonfinite_steps)
 
     def load_batch() -> dict:
         examples = []
         for original, edited in samples:
             columns = preprocess({"input_image": [Image.open(io.BytesIO(original))], "edited_image": [Image.open(io.BytesIO(edited))], "edit_prompt": [prompt]})
             examples.append({key: values[0] for key, values in columns.items()})
-        return {key: value.to(device, non_blocking=True) for key, value in collate(examples).items()}
+        return {key: value.to(device) for key, value in collate(examples).items()}
 
     def step(config: StepConfig, timer: StepTimer) -> None:
         set_checkpointing(base_unet, config.checkpointing)
@@ -419,8 +443,9 @@ def pecn_setup(args, accelerator, configs, workdir: Path):
             batch = load_batch()
         with torch.no_grad():
             with timer.part("vae_encode"):
-                latents = vae.encode(batch["edited_pixel_values"].to(dtype)).latent_dist.sample(generator).float() * vae.config.scaling_factor
-                original_latents = vae.encode(batch["original_pixel_values"].to(dtype)).latent_dist.mode().float()
+                edited = to_model_range(batch["edited_pixel_values"], dtype)
+                latents = vae.encode(edited).latent_dist.sample(generator).float() * vae.config.scaling_factor
+                original_latents = vae.encode(to_model_range(batch["original_pixel_values"], dtype)).latent_dist.mode().float()
             with timer.part("text_encode"):
                 text_embedding = text_encoder(batch["input_ids"])[0].float()
         keep_text, keep_image = conditioning_dropout_masks(latents.shape[0], 0.05, generator, device)
@@ -433,9 +458,11 @@ def pecn_setup(args, accelerator, configs, workdir: Path):
             prediction = unet(torch.cat([noisy_latents, original_latents], dim=1), timesteps, text_embedding, return_dict=False)[0]
             loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
             accelerator.backward(loss)
+            nonfinite.observe(loss)
         with timer.part("optimizer"):
-            accelerator.clip_grad_norm_(params, shared.max_grad_norm)
-            optimizer.step()
+            if nonfinite.step_is_finite():
+                accelerator.clip_grad_norm_(params, shared.max_grad_norm)
+                optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -457,8 +484,10 @@ def count_model_flops(step, config: StepConfig, timer: StepTimer) -> tuple[dict[
     try:
         return timer.count_flops(lambda: step(dataclasses.replace(config, checkpointing=False), timer)), False
     except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return timer.count_flops(lambda: step(config, timer)), True
+        pass
+    # Outside the except block, so that the failed step's tensors (held by the traceback) are freed first.
+    torch.cuda.empty_cache()
+    return timer.count_flops(lambda: step(config, timer)), True
 
 
 def measure(args, step, configs: list[StepConfig], synchronize):
@@ -504,7 +533,7 @@ def result_rows(args, configs, info, timer, flops, peaks, totals) -> list[dict]:
                "checkpointing": config.checkpointing, "scl_samples": args.num_scl_samples if config.scl else 0, "cached_latents": config.cached,
                "optimizer": "adamw8bit" if args.use_8bit_adam else "adamw", "compile": args.compile}
         row |= {f"{part}_ms": 1e3 * medians[part] for part in PARTS[args.pipeline] if part in medians}
-        row |= {"step_ms": 1e3 * medians["compute"], "total_ms": 1e3 * totals[config.name]}
+        row |= {"step_ms": 1e3 * medians["compute"], "total_ms": 1e3 * totals[config.name], "samples_per_s": args.batch_size / medians["compute"]}
         row["x_first"] = row["step_ms"] / rows[0]["step_ms"] if rows else 1.0
         if args.device == "cuda":
             row |= {"peak_gpu_gib": peaks[config.name], f"fits_{RECIPE_BUDGET_GIB:g}gib": peaks[config.name] <= RECIPE_BUDGET_GIB}
@@ -532,8 +561,6 @@ def print_parameter_counts(args, info) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     configs = step_configs(args)
-    if any(config.cached for config in configs):
-        raise SystemExit("error: --cached_latents: genex/latent_cache.py is not there yet")
     accelerator = create_accelerator(args)
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as workdir:
@@ -544,10 +571,10 @@ def main(argv=None) -> dict:
     rows = result_rows(args, configs, info, timer, flops, peaks, totals)
     memory = "peak_gpu_gib" if args.device == "cuda" else "peak_rss_gib"
     columns = ["config", "size", "precision", "checkpointing", "scl_samples", "cached_latents", "optimizer"]
-    columns += [f"{part}_ms" for part in PARTS[args.pipeline]] + ["step_ms", "total_ms", "x_first", memory]
+    columns += [f"{part}_ms" for part in PARTS[args.pipeline]] + ["step_ms", "total_ms", "samples_per_s", "x_first", memory]
     columns += ([f"fits_{RECIPE_BUDGET_GIB:g}gib"] if args.device == "cuda" else []) + ["unet_tflop", "step_tflop", "unet_mfu_pct", "step_mfu_pct"]
     print("step_ms: one step's compute, the device synchronized around each part; data_ms: DataLoader work in the main process "
-          "(overlapped by workers in training); total_ms: both, median of interleaved rounds; x_first: step_ms / the first row's; "
+          "(overlapped by workers in training); total_ms: both, median of interleaved rounds; samples_per_s: batch / step_ms; x_first: step_ms / the first row's; "
           + ("peak_gpu_gib: torch.cuda.max_memory_allocated." if args.device == "cuda" else "peak_rss_gib: peak resident memory of the whole process (CPU)."))
     return report(f"train_step {args.pipeline} {'full' if args.full else 'tiny'}", rows, columns)
 

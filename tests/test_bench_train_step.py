@@ -1,0 +1,102 @@
+"""Smoke runs of bench/train_step.py on the tiny pipelines: it runs and reports every part (not a time)."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from bench import train_step
+from bench.full_size import build_instruct_pix2pix_full, build_svd_full, count_params_m
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Two OpenMP threads on a shared 2-core machine spin against each other; one is faster and steadier.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_bench(capsys, *argv) -> tuple[list[str], dict]:
+    """(printed lines, the JSON record) of one bench run."""
+    record = train_step.main(["--steps", "1", "--warmup", "0", *argv])
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[-1]) == json.loads(json.dumps(record))
+    return lines, record
+
+
+def check_row(row: dict, parts: list[str]) -> None:
+    for part in parts + ["step", "total"]:
+        assert row[f"{part}_ms"] > 0, (row["config"], part)
+    assert row["step_ms"] >= row["unet_fwd_bwd_ms"]
+    assert row["peak_rss_gib"] > 0
+    assert 0 < row["unet_tflop"] < row["step_tflop"]
+    assert row["unet_mfu_pct"] == "n/a" and row["step_mfu_pct"] == "n/a"
+    assert 0 < row["trainable_m"] <= row["unet_m"]
+
+
+def test_genex_compare_scl_and_cache(capsys):
+    lines, record = run_bench(capsys, "--pipeline", "genex", "--tiny", "--compare", "scl", "cache")
+    base, scl, cache = record["rows"]
+    assert [row["config"] for row in record["rows"]] == ["base", "+scl", "+cache"]
+    check_row(base, ["data", "vae_encode", "clip_encode", "unet_fwd_bwd", "scl", "optimizer"])
+    check_row(scl, ["data", "vae_encode", "clip_encode", "unet_fwd_bwd", "scl", "optimizer"])
+    check_row(cache, ["data", "vae_encode", "unet_fwd_bwd", "scl", "optimizer"])
+    # The cached step encodes no frame with CLIP; SCL's decode and three re-encodes add FLOPs, not UNet FLOPs.
+    assert "clip_encode_ms" not in cache and cache["cached_latents"]
+    assert (base["scl_samples"], scl["scl_samples"]) == (0, 3)
+    assert scl["step_tflop"] > base["step_tflop"] and scl["unet_tflop"] == base["unet_tflop"]
+    assert base["x_first"] == 1.0 and scl["x_first"] == pytest.approx(scl["step_ms"] / base["step_ms"])
+    table = [line for line in lines if line.startswith("| config |")]
+    assert len(table) == 1 and "| scl_ms |" in table[0] and "| clip_encode_ms |" in table[0]
+    assert sum(line.startswith("| +") for line in lines) == 2
+
+
+def test_pecn_checkpointing_counts_model_flops(capsys):
+    _, record = run_bench(capsys, "--pipeline", "pecn", "--tiny", "--compare", "checkpointing")
+    base, checkpointed = record["rows"]
+    for row in record["rows"]:
+        check_row(row, ["data", "vae_encode", "text_encode", "unet_fwd_bwd", "optimizer"])
+        assert row["size"] == "32x32 b2" and row["unet_m"] == row["trainable_m"]
+    assert checkpointed["checkpointing"] and not base["checkpointing"]
+    # Model FLOPs: the recomputation of checkpointing is not counted.
+    assert checkpointed["unet_tflop"] == base["unet_tflop"] and not checkpointed["flops_include_recompute"]
+
+
+def test_genex_cached_latents_with_scl(capsys):
+    _, record = run_bench(capsys, "--pipeline", "genex", "--tiny", "--cached_latents", "--scl_loss", "--num_scl_samples", "1", "--batch_size", "2")
+    (row,) = record["rows"]
+    check_row(row, ["data", "vae_encode", "unet_fwd_bwd", "scl", "optimizer"])
+    assert row["cached_latents"] and row["scl_samples"] == 1 and row["size"] == "64x32x4 b2"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pipeline", "pecn", "--tiny", "--scl_loss"], "--scl_loss: GenEx only"),
+    (["--pipeline", "pecn", "--tiny", "--width", "32", "--height", "64"], "PECN trains square images"),
+    (["--pipeline", "genex", "--tiny", "--full"], "not allowed with argument"),
+])
+def test_refused_flags(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        train_step.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_8bit_adam_without_bitsandbytes_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        train_step.parse_args(["--pipeline", "genex", "--tiny", "--use_8bit_adam"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
+
+
+def test_full_size_parameter_counts():
+    # Built on the meta device: the real architectures' shapes without their memory.
+    svd = build_svd_full(torch.bfloat16, "meta")
+    assert round(count_params_m(svd["unet"]), 1) == 1524.6
+    assert round(count_params_m(svd["unet"], "temporal_transformer_block"), 1) == 397.6
+    assert svd["vae"].config.scaling_factor == 0.18215 and round(count_params_m(svd["image_encoder"])) == 632
+    ip2p = build_instruct_pix2pix_full(torch.bfloat16, "meta")
+    assert ip2p["unet"].config.in_channels == 8 and round(count_params_m(ip2p["unet"]), 1) == 859.5
+    assert round(count_params_m(ip2p["text_encoder"]), 1) == 123.1
+    assert max(ip2p["tokenizer"].get_vocab().values()) < ip2p["text_encoder"].config.vocab_size
