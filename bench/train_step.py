@@ -22,8 +22,9 @@ How it is measured:
 - FLOPs are counted with torch.utils.flop_counter on one untimed step with gradient checkpointing off
   (model FLOPs: recomputation is not counted); MFU = FLOPs / time / peak, peak 800 TFLOP/s bf16 on an
   H100 or H200 (DESIGN.md), printed on a GPU only;
-- peak memory: torch.cuda.max_memory_allocated per configuration on a GPU; on a CPU the peak resident
-  memory of the whole process (it includes model construction and every configuration run).
+- peak memory: torch.cuda.max_memory_allocated and max_memory_reserved per configuration on a GPU (the
+  16 GiB verdict uses reserved); on a CPU the peak resident memory of the whole process (it includes
+  model construction and every configuration run).
 """
 
 import argparse
@@ -497,7 +498,7 @@ def measure(args, step, configs: list[StepConfig], synchronize):
         for config in configs:
             step(config, timer)
     flops = {config.name: count_model_flops(step, config, timer) for config in configs}
-    peaks: dict[str, float] = defaultdict(float)
+    peaks: dict[str, tuple[float, float]] = defaultdict(lambda: (0.0, 0.0))
 
     def timed(config: StepConfig):
         def run():
@@ -506,7 +507,8 @@ def measure(args, step, configs: list[StepConfig], synchronize):
             with timer.step(config.name):
                 step(config, timer)
             if args.device == "cuda":
-                peaks[config.name] = max(peaks[config.name], torch.cuda.max_memory_allocated() / GIB)
+                allocated, reserved = peaks[config.name]
+                peaks[config.name] = (max(allocated, torch.cuda.max_memory_allocated() / GIB), max(reserved, torch.cuda.max_memory_reserved() / GIB))
         return run
 
     totals = interleaved_medians({config.name: timed(config) for config in configs}, args.steps, warmup=0, synchronize=synchronize)
@@ -536,7 +538,9 @@ def result_rows(args, configs, info, timer, flops, peaks, totals) -> list[dict]:
         row |= {"step_ms": 1e3 * medians["compute"], "total_ms": 1e3 * totals[config.name], "samples_per_s": args.batch_size / medians["compute"]}
         row["x_first"] = row["step_ms"] / rows[0]["step_ms"] if rows else 1.0
         if args.device == "cuda":
-            row |= {"peak_gpu_gib": peaks[config.name], f"fits_{RECIPE_BUDGET_GIB:g}gib": peaks[config.name] <= RECIPE_BUDGET_GIB}
+            allocated, reserved = peaks[config.name]
+            # The verdict uses what the allocator held (tensors plus its cache), which a smaller GPU must hold too.
+            row |= {"peak_gpu_gib": allocated, "peak_reserved_gib": reserved, f"fits_{RECIPE_BUDGET_GIB:g}gib": reserved <= RECIPE_BUDGET_GIB}
         else:
             row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
         row |= {"unet_tflop": part_flops.get("unet_fwd_bwd", 0) / 1e12, "step_tflop": sum(part_flops.values()) / 1e12,
@@ -569,13 +573,13 @@ def main(argv=None) -> dict:
         print_parameter_counts(args, info)
         timer, flops, peaks, totals = measure(args, step, configs, synchronize)
     rows = result_rows(args, configs, info, timer, flops, peaks, totals)
-    memory = "peak_gpu_gib" if args.device == "cuda" else "peak_rss_gib"
+    memory = ["peak_gpu_gib", "peak_reserved_gib"] if args.device == "cuda" else ["peak_rss_gib"]
     columns = ["config", "size", "precision", "checkpointing", "scl_samples", "cached_latents", "optimizer"]
-    columns += [f"{part}_ms" for part in PARTS[args.pipeline]] + ["step_ms", "total_ms", "samples_per_s", "x_first", memory]
+    columns += [f"{part}_ms" for part in PARTS[args.pipeline]] + ["step_ms", "total_ms", "samples_per_s", "x_first"] + memory
     columns += ([f"fits_{RECIPE_BUDGET_GIB:g}gib"] if args.device == "cuda" else []) + ["unet_tflop", "step_tflop", "unet_mfu_pct", "step_mfu_pct"]
     print("step_ms: one step's compute, the device synchronized around each part; data_ms: DataLoader work in the main process "
           "(overlapped by workers in training); total_ms: both, median of interleaved rounds; samples_per_s: batch / step_ms; x_first: step_ms / the first row's; "
-          + ("peak_gpu_gib: torch.cuda.max_memory_allocated." if args.device == "cuda" else "peak_rss_gib: peak resident memory of the whole process (CPU)."))
+          + (f"peak_gpu_gib / peak_reserved_gib: torch.cuda.max_memory_allocated / max_memory_reserved; fits_{RECIPE_BUDGET_GIB:g}gib: reserved <= {RECIPE_BUDGET_GIB:g} GiB (the CUDA context, about 0.5 GiB, comes on top)." if args.device == "cuda" else "peak_rss_gib: peak resident memory of the whole process (CPU)."))
     return report(f"train_step {args.pipeline} {'full' if args.full else 'tiny'}", rows, columns)
 
 

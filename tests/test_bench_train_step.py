@@ -100,3 +100,9 @@ def test_full_size_parameter_counts():
     assert ip2p["unet"].config.in_channels == 8 and round(count_params_m(ip2p["unet"]), 1) == 859.5
     assert round(count_params_m(ip2p["text_encoder"]), 1) == 123.1
     assert max(ip2p["tokenizer"].get_vocab().values()) < ip2p["text_encoder"].config.vocab_size
+
+
+def test_mfu_is_flops_over_time_and_peak():
+    assert train_step.mfu(400e12, 1.0, 800.0) == pytest.approx(50.0)
+    assert train_step.mfu(400e12, 2.0, 800.0) == pytest.approx(25.0)
+    assert train_step.mfu(400e12, 1.0, None) == "n/a"
