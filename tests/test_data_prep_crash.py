@@ -41,7 +41,7 @@ def identities(folders: list[Path]) -> dict[str, tuple[int, int]]:
 
 
 def partials(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*.partial")]
+    return list(root.rglob("*.partial"))
 
 
 def live_group_members(group: int) -> list[int]:
