@@ -72,7 +72,7 @@ def parse_args(argv=None):
     group.add_argument("--scl_loss", action="store_true", help="Add the spherical contrastive loss (yaw-rotation consistency of the x0 estimate).")
     group.add_argument("--num_scl_samples", type=int, default=3, help="Yaw rotations per step for the spherical contrastive loss.")
     group.add_argument("--scl_beta", type=float, default=None, help="Constant SCL weight beta (the paper's form); default: GenEx's released schedule 0.05 -> 1 over the first half of training.")
-    group.add_argument("--decode_chunk_size", type=int, default=8, help="Frames per VAE call: encoding clips, SCL's decode and encodes (each chunk checkpointed), validation.")
+    group.add_argument("--decode_chunk_size", type=int, default=8, help="Frames per VAE call: encoding clips, SCL's decode and encodes (each chunk checkpointed with --gradient_checkpointing), validation.")
 
     group = parser.add_argument_group("validation")
     group.add_argument("--validation_images_folder", type=str, default=None, help="Folder of panoramas to generate validation videos from.")
@@ -261,7 +261,7 @@ def main(argv=None):
     fps_id = fps_id_for(args.fps)
 
     def scl_encoder(pixels):
-        return scl_encode(vae, pixels, args.decode_chunk_size)
+        return scl_encode(vae, pixels, args.decode_chunk_size, args.gradient_checkpointing)
 
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     for epoch in range(plan.first_epoch, plan.num_train_epochs):
@@ -301,7 +301,7 @@ def main(argv=None):
                 # Spherical contrastive loss on the decoded x0 estimate, rotated in yaw.
                 loss = loss_edm
                 if args.scl_loss:
-                    x_pred = decode_x0(vae, D.to(dtype), args.decode_chunk_size)
+                    x_pred = decode_x0(vae, D.to(dtype), args.decode_chunk_size, args.gradient_checkpointing)
                     thetas = sample_yaw_angles(args.num_scl_samples, generator)
                     loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, scl_encoder)
                     beta = args.scl_beta if args.scl_beta is not None else scl_beta_released(global_step, max_train_steps)

@@ -34,16 +34,19 @@ def sample_yaw_angles(num: int, generator=None) -> list[float]:
     return (torch.rand(num, generator=generator, device=device) * 180.0).tolist()
 
 
-def checkpointed(function, x: torch.Tensor):
-    """function(x); when x needs a gradient, its activations are recomputed in the backward pass instead of kept."""
+def checkpointed(function, x: torch.Tensor, enabled: bool = True):
+    """function(x); when enabled and x needs a gradient, its activations are recomputed in the backward pass instead of kept."""
     # Full-resolution VAE activations of a whole clip do not fit in memory; one chunk's at a time do.
-    if torch.is_grad_enabled() and x.requires_grad:
+    if enabled and torch.is_grad_enabled() and x.requires_grad:
         return checkpoint(function, x, use_reentrant=False)
     return function(x)
 
 
-def decode_x0(vae, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tensor:
-    """Decode scaled latents [B,F,4,h,w] to pixels [B,F,3,H,W], with gradients, `decode_chunk_size` frames per call."""
+def decode_x0(vae, latents: torch.Tensor, decode_chunk_size: int, gradient_checkpointing: bool = True) -> torch.Tensor:
+    """Decode scaled latents [B,F,4,h,w] to pixels [B,F,3,H,W], with gradients, `decode_chunk_size` frames per call.
+
+    With `gradient_checkpointing`, each chunk's activations are recomputed in the backward pass (one more decode).
+    """
     if latents.ndim != 5:
         raise ValueError(f"latents must be [B,F,4,h,w], got shape {tuple(latents.shape)}")
     if decode_chunk_size < 1:
@@ -54,14 +57,15 @@ def decode_x0(vae, latents: torch.Tensor, decode_chunk_size: int) -> torch.Tenso
         return vae.decode(chunk, num_frames=chunk.shape[0]).sample
 
     # Chunks stay inside one video: the temporal decoder mixes the frames of a call as one clip.
-    videos = [torch.cat([checkpointed(decode, chunk) for chunk in video.split(decode_chunk_size)]) for video in z]
+    videos = [torch.cat([checkpointed(decode, chunk, gradient_checkpointing) for chunk in video.split(decode_chunk_size)]) for video in z]
     return torch.stack(videos)
 
 
-def scl_encode(vae, pixels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def scl_encode(vae, pixels: torch.Tensor, chunk_size: int, gradient_checkpointing: bool = True) -> torch.Tensor:
     """SCL's E: the scaled posterior mode [B,F,4,h,w] float32 of `pixels` [B,F,3,H,W], `chunk_size` frames per call.
 
-    The mode, not a draw, so prediction and target go through the same deterministic encoder.
+    The mode, not a draw, so prediction and target go through the same deterministic encoder. With
+    `gradient_checkpointing`, each chunk's activations are recomputed in the backward pass.
     """
     if pixels.ndim != 5:
         raise ValueError(f"pixels must be [B,F,3,H,W], got shape {tuple(pixels.shape)}")
@@ -69,7 +73,7 @@ def scl_encode(vae, pixels: torch.Tensor, chunk_size: int) -> torch.Tensor:
     def encode(chunk):
         return frame_latent_statistics(vae, chunk, chunk.shape[0])[0]
 
-    mean = torch.cat([checkpointed(encode, chunk) for chunk in pixels.flatten(0, 1).split(chunk_size)])
+    mean = torch.cat([checkpointed(encode, chunk, gradient_checkpointing) for chunk in pixels.flatten(0, 1).split(chunk_size)])
     return (mean * vae.config.scaling_factor).unflatten(0, pixels.shape[:2])
 
 
@@ -82,13 +86,15 @@ def spherical_contrastive_loss(x_pred, x0, sigma, thetas, encode) -> torch.Tenso
         raise ValueError("spherical_contrastive_loss needs at least one yaw angle")
     if x_pred.shape != x0.shape:
         raise ValueError(f"x_pred {tuple(x_pred.shape)} and x0 {tuple(x0.shape)} must have the same shape")
-    losses = []
-    for theta in thetas:
-        with torch.no_grad():
-            target = encode(rotate_yaw(x0, theta))
-        # Same EDM weight as the denoising loss, on latents of the same rotation of prediction and target.
-        losses.append(edm_loss(encode(rotate_yaw(x_pred, theta)), target, sigma))
-    return torch.stack(losses).mean()
+    # All rotations go through the encoder together: fewer, fuller calls than one rotation at a time.
+    def rotated(x):
+        return torch.cat([rotate_yaw(x, theta) for theta in thetas])
+
+    with torch.no_grad():
+        targets = encode(rotated(x0)).chunk(len(thetas))
+    predictions = encode(rotated(x_pred)).chunk(len(thetas))
+    # Same EDM weight as the denoising loss, on latents of the same rotation of prediction and target.
+    return torch.stack([edm_loss(p, t, sigma) for p, t in zip(predictions, targets)]).mean()
 
 
 def scl_beta_released(step: int, max_train_steps: int) -> float:

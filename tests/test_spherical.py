@@ -181,17 +181,23 @@ def test_scl_vae_chunks_are_checkpointed_and_give_the_plain_gradients(pipe):
     calls = {"decoder": 0, "encoder": 0}
     hooks = [getattr(vae, name).register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
              for name in calls]
-    x = latents.clone().requires_grad_()
-    (scl_encode(vae, rotate_yaw(decode_x0(vae, x, decode_chunk_size=2), 45.0), chunk_size=4) ** 2).mean().backward()
+    grads = {}
+    for checkpointing in (True, False):
+        calls.update(decoder=0, encoder=0)
+        x = latents.clone().requires_grad_()
+        pixels = decode_x0(vae, x, decode_chunk_size=2, gradient_checkpointing=checkpointing)
+        (scl_encode(vae, rotate_yaw(pixels, 45.0), chunk_size=4, gradient_checkpointing=checkpointing) ** 2).mean().backward()
+        grads[checkpointing] = x.grad
+        # 2 videos x 2 decode chunks and 6 frames / 4 = 2 encode chunks, each run again in the backward pass when checkpointed.
+        assert calls == ({"decoder": 2 * 4, "encoder": 2 * 2} if checkpointing else {"decoder": 4, "encoder": 2})
     for hook in hooks:
         hook.remove()
-    # 2 videos x 2 decode chunks and 6 frames / 4 = 2 encode chunks, each run again in the backward pass.
-    assert calls == {"decoder": 2 * 4, "encoder": 2 * 2}
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-8)
 
     reference = latents.clone().requires_grad_()
     pixels = torch.stack([torch.cat([vae.decode(c, num_frames=c.shape[0]).sample for c in video.split(2)]) for video in reference / scaling])
     encoded = vae.encode(rotate_yaw(pixels, 45.0).flatten(0, 1)).latent_dist.mode() * scaling
     (encoded**2).mean().backward()
-    torch.testing.assert_close(x.grad, reference.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(grads[True], reference.grad, rtol=1e-4, atol=1e-7)
     with torch.no_grad():
         torch.testing.assert_close(scl_encode(vae, rotate_yaw(pixels, 45.0), chunk_size=5).flatten(0, 1), encoded, rtol=1e-5, atol=1e-6)
