@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GenEx-Explorer on the embedded default: tiny random SVD pipeline, synthetic Genex-DB clone
-# (parquet layout), prepare_dataset.py, a few training steps with SCL, validation and a
-# checkpoint, then a video generated from a panorama.
+# (parquet layout), prepare_dataset.py, the latent cache, a few training steps with SCL, validation
+# and a checkpoint, then a video generated from a panorama.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_DIR:-demo_output}/genex
@@ -16,7 +16,11 @@ echo "== prepare_dataset.py"
 python prepare_dataset.py --dataset_path "$OUT/genex_db_clone" --output_dir "$OUT/Genex-DB" \
   --scene_types realistic low_texture anime real_world --frames_per_video 16 --num_workers 2 --image_size 128 64
 
-echo "== train_world_explorer.py (4 steps, SCL on, checkpoint at step 2, validation at the end)"
+echo "== python -m genex.cache_latents (VAE posteriors and CLIP embeddings of every frame)"
+python -m genex.cache_latents --pretrained_model_name_or_path="$OUT/tiny_svd" --base_folder="$OUT/Genex-DB" \
+  --cache_dir="$OUT/latent_cache" --width=128 --height=64
+
+echo "== train_world_explorer.py (4 steps from the cached latents, SCL on, checkpoint at step 2, validation at the end)"
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_world_explorer.py \
   --base_folder="$OUT/Genex-DB" --pretrained_model_name_or_path="$OUT/tiny_svd" \
   --num_frames=8 --width=128 --height=64 --output_dir="$OUT/genex_explorer" \
@@ -24,7 +28,8 @@ accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dyna
   --checkpointing_steps=2 --checkpoints_total_limit=1 --learning_rate=1e-4 --lr_warmup_steps=0 \
   --seed=123 --validation_steps=4 --report_to=tensorboard --lr_scheduler=constant \
   --num_validation_images=1 --validation_images_folder="$OUT/genex_db_clone/validation_panoramas" \
-  --validation_num_inference_steps=3 --scl_loss --num_scl_samples=2 --num_workers=0
+  --validation_num_inference_steps=3 --scl_loss --num_scl_samples=2 --num_workers=0 \
+  --latents_cache_dir="$OUT/latent_cache"
 
 echo "== sample_world_explorer.py"
 panorama=$(ls "$OUT"/genex_db_clone/validation_panoramas/*.png | head -n 1)
