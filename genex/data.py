@@ -18,12 +18,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from common.images import to_rgb
+from common.pixels import to_model_range
+
+# to_rgb and to_model_range live in common/ (PECN uses them too); they stay importable from here.
+__all__ = ["FrameFolderDataset", "decode_frame", "find_frame_folders", "load_frame", "natural_key", "to_model_range", "to_rgb"]
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-# Transparent pixels become this colour (alpha composited over it), as on a plain page.
-ALPHA_BACKGROUND = (255, 255, 255)
 
 
 def natural_key(name: str) -> list:
@@ -40,19 +43,6 @@ def find_frame_folders(base_folder) -> dict[Path, list[Path]]:
         if frames:
             folders[Path(dirpath)] = [Path(dirpath) / name for name in sorted(frames, key=natural_key)]
     return dict(sorted(folders.items(), key=lambda item: natural_key(item[0].relative_to(base_folder).as_posix())))
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow image as 8-bit RGB: 16-bit scaled (not clipped), alpha composited over ALPHA_BACKGROUND."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        # Pillow's convert("L") clips 16-bit values at 255; scale 0..65535 to 0..255 instead.
-        grey = np.asarray(image).astype(np.float64) / 257.0
-        return Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def decode_frame(path: Path) -> np.ndarray:
@@ -77,15 +67,6 @@ def load_frame(path: Path, width: int, height: int) -> np.ndarray:
     if frame.shape[:2] != (height, width):
         frame = np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC))
     return frame
-
-
-def to_model_range(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 pixels in [0, 255] as contiguous `dtype` in [-1, 1]: x / 127.5 - 1 (run it on the device, after the uint8 copy)."""
-    if pixels.dtype != torch.uint8:
-        raise ValueError(f"pixels must be uint8, got {pixels.dtype}")
-    # Scaled in float32 and then cast, so every dtype sees the values the float32 pipeline sees; batches
-    # arrive channels-last from the dataset's view and leave in the usual layout.
-    return (pixels.to(torch.float32, memory_format=torch.contiguous_format) / 127.5 - 1.0).to(dtype)
 
 
 class FrameFolderDataset(Dataset):

@@ -25,8 +25,9 @@ from safetensors.torch import save
 from tqdm.auto import tqdm
 
 from common.files import write_atomic
+from common.pixels import to_model_range
 from genex.conditioning import clip_image_embedding, frame_latent_statistics, sample_latents
-from genex.data import FrameFolderDataset, find_frame_folders, load_frame, to_model_range
+from genex.data import FrameFolderDataset, find_frame_folders, load_frame
 
 __all__ = [
     "CACHE_FILE_NAME",
