@@ -195,8 +195,7 @@ def shared_training_args(args, output_dir: str):
 
     parser = argparse.ArgumentParser()
     add_shared_training_args(parser)
-    argv = ["--output_dir", output_dir, "--mixed_precision", args.mixed_precision, "--report_to", "none"]
-    argv += ["--use_8bit_adam"] * args.use_8bit_adam + ["--gradient_checkpointing"] * args.gradient_checkpointing
+    argv = ["--output_dir", output_dir, "--mixed_precision", args.mixed_precision] + ["--use_8bit_adam"] * args.use_8bit_adam
     shared = parser.parse_args(argv)
     check_shared_args(shared)
     return shared
