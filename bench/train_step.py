@@ -19,8 +19,10 @@ How it is measured:
 - `step_ms` is the compute of one step (everything but data); `data_ms` is the DataLoader's work done
   here in the main process (in training, --num_workers overlaps it); `total_ms` is both, the median of
   interleaved rounds (bench.timing);
-- FLOPs are counted with torch.utils.flop_counter on one untimed step with gradient checkpointing off
-  (model FLOPs: recomputation is not counted); MFU = FLOPs / time / peak, peak 800 TFLOP/s bf16 on an
+- FLOPs are counted with torch.utils.flop_counter on one untimed step with the UNet's gradient
+  checkpointing off (model FLOPs: its recomputation is not counted; `flops_include_recompute` says when
+  memory forced it on). SCL's VAE decode and encodes are always checkpointed per chunk (genex.spherical),
+  so `scl` FLOPs include their recomputation; MFU = FLOPs / time / peak, peak 800 TFLOP/s bf16 on an
   H100 or H200 (DESIGN.md), printed on a GPU only;
 - peak memory: torch.cuda.max_memory_allocated and max_memory_reserved per configuration on a GPU (the
   16 GiB verdict uses reserved); on a CPU the peak resident memory of the whole process (it includes
