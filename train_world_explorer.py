@@ -20,6 +20,7 @@ from common.checkpoints import save_checkpoint
 from common.conditioning import conditioning_dropout_masks
 from common.trackers import log_validation_videos
 from common.training import (
+    NonFiniteLossGuard,
     SetupError,
     add_shared_training_args,
     allow_tf32,
@@ -264,6 +265,7 @@ def main(argv=None):
         return scl_encode(vae, pixels, args.decode_chunk_size, args.gradient_checkpointing)
 
     progress = tqdm(range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    nonfinite = NonFiniteLossGuard(accelerator, args.max_nonfinite_steps)
     for epoch in range(plan.first_epoch, plan.num_train_epochs):
         dataset.set_epoch(epoch)
         for batch in epoch_batches(accelerator, dataloader, epoch, plan.batches_to_skip if epoch == plan.first_epoch else 0):
@@ -310,24 +312,32 @@ def main(argv=None):
 
                 # Step (gradients are averaged across processes by DDP).
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    logs["grad_norm"] = accelerator.clip_grad_norm_(trainable_params, args.max_grad_norm)
-                optimizer.step()
+                nonfinite.observe(loss)
+                step_is_finite = nonfinite.step_is_finite() if accelerator.sync_gradients else True
+                if step_is_finite:
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        logs["grad_norm"] = accelerator.clip_grad_norm_(trainable_params, args.max_grad_norm)
+                    optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
             if not accelerator.sync_gradients:
                 continue
-            # EMA, logging, checkpoint and validation happen once per optimizer step.
-            if ema is not None:
+            # EMA, logging, checkpoint and validation happen once per optimizer step; a NaN or inf loss updates nothing.
+            if ema is not None and step_is_finite:
                 ema.step(trainable_params)
             global_step += 1
             progress.update(1)
-            logs = {key: float(value) for key, value in logs.items()} | {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0]}
+            logs = {key: float(value) for key, value in logs.items()} | {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0], "nonfinite_steps": nonfinite.total}
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             accelerator.log(logs, step=global_step)
-            if global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
+            if not step_is_finite:
+                logger.warning("step %d: loss is %s, the step updated nothing (%d in a row, %d in all)", global_step, logs["loss"], nonfinite.in_a_row, nonfinite.total)
+            if global_step % args.checkpointing_steps == 0 or nonfinite.should_stop:
+                checkpoint = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
+            if nonfinite.should_stop:
+                accelerator.end_training()
+                raise nonfinite.stop_error(global_step, checkpoint)
             is_last = global_step >= max_train_steps
             if args.validation_images_folder and (global_step % args.validation_steps == 0 or is_last) and accelerator.is_main_process:
                 with ema_weights_swapped_in(ema, trainable_params), moved_to(accelerator.device, off_device):
