@@ -69,6 +69,32 @@ def load_frame(path: Path, width: int, height: int) -> np.ndarray:
     return frame
 
 
+def frame_number(path: Path):
+    """The frame's number: the last run of digits in its file name (frame_0012.jpg -> 12), None without one."""
+    numbers = re.findall(r"\d+", path.stem)
+    return int(numbers[-1]) if numbers else None
+
+
+def window_starts(frames: list[Path], num_frames: int) -> list[int]:
+    """Starts of every window of `num_frames` consecutively numbered frames (all starts when frames carry no numbers)."""
+    numbers = [frame_number(path) for path in frames]
+    if None in numbers:
+        return list(range(len(frames) - num_frames + 1))
+    # run_start[i]: index where the run of consecutive numbers holding frame i begins.
+    run_start = [0] * len(frames)
+    for i in range(1, len(frames)):
+        run_start[i] = run_start[i - 1] if numbers[i] == numbers[i - 1] + 1 else i
+    return [end - num_frames + 1 for end in range(num_frames - 1, len(frames)) if run_start[end] <= end - num_frames + 1]
+
+
+def first_gap(frames: list[Path]):
+    """(frame number before the gap, frame number after it) of the first gap in the numbering, None without one."""
+    numbers = [frame_number(path) for path in frames]
+    if None in numbers:
+        return None
+    return next(((a, b) for a, b in zip(numbers, numbers[1:]) if b != a + 1), None)
+
+
 class FrameFolderDataset(Dataset):
     """Random contiguous windows of `num_frames` frames, one folder per item, as uint8 [F,3,H,W] tensors.
 
@@ -88,16 +114,25 @@ class FrameFolderDataset(Dataset):
             raise ValueError(f"{self.base_folder}: base folder does not exist")
         self.num_frames, self.width, self.height, self.seed = num_frames, width, height, seed
         self.epoch = 0
+        self.unreadable_clips = 0
         folders = find_frame_folders(self.base_folder)
         if not folders:
             raise ValueError(f"{self.base_folder}: no folder of frame images ({', '.join(IMAGE_EXTENSIONS)}) found under it")
-        self.videos = [(folder, frames) for folder, frames in folders.items() if len(frames) >= num_frames]
+        # A window never joins frames across a gap in the numbering (a frame missing from the folder).
+        starts = {folder: window_starts(frames, num_frames) for folder, frames in folders.items()}
+        gapped = {folder: gap for folder, frames in folders.items() if (gap := first_gap(frames))}
+        self.videos = [(folder, frames) for folder, frames in folders.items() if starts[folder]]
+        self.starts = [starts[folder] for folder, _ in self.videos]
         skipped = len(folders) - len(self.videos)
         if not self.videos:
             longest, frames = max(folders.items(), key=lambda item: len(item[1]))
             raise ValueError(f"{self.base_folder}: no frame folder has num_frames={num_frames} frames; the longest, {longest}, has {len(frames)}")
         if skipped:
-            warnings.warn(f"{self.base_folder}: skipped {skipped} of {len(folders)} frame folders with fewer than num_frames={num_frames} frames", stacklevel=2)
+            warnings.warn(f"{self.base_folder}: skipped {skipped} of {len(folders)} frame folders with fewer than num_frames={num_frames} consecutive frames", stacklevel=2)
+        if gapped:
+            folder, (before, after) = next(iter(gapped.items()))
+            warnings.warn(f"{self.base_folder}: {len(gapped)} frame folders have a gap in their frame numbering (e.g. {folder}: frame {before} "
+                          f"is followed by frame {after}); windows stay inside runs of consecutive frames", stacklevel=2)
         logger.info("%s: %d videos of at least %d frames", self.base_folder, len(self.videos), num_frames)
 
     def set_epoch(self, epoch: int) -> None:
@@ -108,11 +143,10 @@ class FrameFolderDataset(Dataset):
 
     def window_start(self, index: int) -> int:
         """First frame of item `index`'s window in the current epoch."""
-        last_start = len(self.videos[index][1]) - self.num_frames
-        return int(np.random.default_rng((self.seed, self.epoch, index)).integers(0, last_start + 1))
+        starts = self.starts[index]
+        return starts[int(np.random.default_rng((self.seed, self.epoch, index)).integers(0, len(starts)))]
 
-    def __getitem__(self, index: int) -> dict:
-        index = range(len(self))[index]
+    def read_clip(self, index: int) -> dict:
         folder, frames = self.videos[index]
         start = self.window_start(index)
         clip = np.empty((self.num_frames, self.height, self.width, 3), np.uint8)
@@ -120,3 +154,19 @@ class FrameFolderDataset(Dataset):
             clip[i] = load_frame(path, self.width, self.height)
         # A channels-last view: the DataLoader's collate stacks it into a contiguous [B,F,3,H,W] batch.
         return {"pixel_values": torch.from_numpy(clip).permute(0, 3, 1, 2), "folder": str(folder)}
+
+    def __getitem__(self, index: int) -> dict:
+        """Item `index`; a clip with an unreadable frame is skipped (logged, counted) for the next readable one.
+
+        The substitute is a function of the index alone, so a run and its resumption read the same clips.
+        """
+        index = range(len(self))[index]
+        first_error = None
+        for offset in range(len(self)):
+            try:
+                return self.read_clip((index + offset) % len(self))
+            except OSError as error:
+                first_error = first_error or error
+                self.unreadable_clips += 1
+                logger.warning("%s; that clip is skipped for the next one (%d unreadable clips so far in this process)", error, self.unreadable_clips)
+        raise ValueError(f"{first_error}; no clip under {self.base_folder} could be read")

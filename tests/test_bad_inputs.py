@@ -45,11 +45,6 @@ class Case:
 DECODE_FAILURE = r"truncated|decoding failed|no frame"
 NOT_SVD = r"not a Stable Video Diffusion pipeline folder"
 NOT_IP2P = r"not a Stable Diffusion / InstructPix2Pix pipeline folder"
-GAPS = ("needs: genex/data.py find_frame_folders/FrameFolderDataset: read each frame's number and draw windows only inside runs of "
-        "consecutive numbers (folders with no run of --num_frames skipped and counted in the warning, with the gap named)")
-BROKEN_FRAME = ("needs: genex/data.py load_frame to raise ValueError (run_cli's one-line errors) instead of OSError, or common/training.py "
-                "run_cli to catch OSError; today the DataLoader's traceback is what the user sees")
-
 CASES = [
     # prepare_dataset.py: Genex-DB videos -> frame folders; a bad video is listed in the summary and the others go on.
     Case("prepare-mp4-truncated", "prepare_dataset.py", b.mp4_truncated, "skip",
@@ -126,10 +121,10 @@ CASES = [
     Case("genex-base-folder-without-images", "train_world_explorer.py", b.genex_base(b.base_without_images), "error",
          (r"{base}", r"no folder of frame images")),
     Case("genex-frame-unreadable", "train_world_explorer.py", b.genex_base(b.base_with_broken_frame, "--num_frames=6"), "error",
-         (r"frame_0003\.png", r"cannot read image"), xfail=BROKEN_FRAME),
+         (r"frame_0003\.png", r"cannot read image")),
     # What train_world_explorer.py reads from a frames folder.
     Case("genex-frames-gap-in-numbering", "train_world_explorer.py data", b.genex_base(b.base_with_gap), "skip",
-         (r"gap",), b.no_window_across_gap, xfail=GAPS),
+         (r"gap",), b.no_window_across_gap),
     Case("genex-frames-with-other-files", "train_world_explorer.py data", b.genex_base(b.base_with_other_files), "works", (), b.only_images_read),
     *[Case(f"genex-frames-{mode}", "train_world_explorer.py data", b.genex_base(b.base_in_mode(mode)), "works", (), b.frames_in_colour(mode))
       for mode in b.COLOUR_MODES],

@@ -177,3 +177,44 @@ def test_unreadable_frame_names_the_file(tmp_path):
     (tmp_path / "frame_1.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(OSError, match="frame_1.jpg: cannot read image"):
         load_frame(tmp_path / "frame_1.jpg", 8, 4)
+
+
+def test_a_clip_with_an_unreadable_frame_is_skipped_for_the_next_readable_one(tmp_path, caplog):
+    for seed in range(3):
+        folder = tmp_path / f"video_{seed:05d}"
+        folder.mkdir()
+        for i in range(1, 5):
+            Image.fromarray(np.full((8, 16, 3), 40 * seed + i, np.uint8)).save(folder / f"frame_{i:04d}.png")
+    (tmp_path / "video_00001" / "frame_0002.png").write_bytes(b"not a png")
+    dataset = FrameFolderDataset(tmp_path, num_frames=4, width=16, height=8)
+    with caplog.at_level("WARNING"):
+        items = [dataset[i]["folder"] for i in range(3)]
+    assert items == [str(tmp_path / "video_00000"), str(tmp_path / "video_00002"), str(tmp_path / "video_00002")]
+    assert dataset.unreadable_clips == 1
+    assert "frame_0002.png: cannot read image" in caplog.text and "skipped" in caplog.text
+
+
+def test_every_clip_unreadable_is_an_error_naming_the_frame(tmp_path):
+    folder = tmp_path / "video_00000"
+    folder.mkdir()
+    for i in range(1, 4):
+        (folder / f"frame_{i:04d}.png").write_bytes(b"")
+    dataset = FrameFolderDataset(tmp_path, num_frames=3, width=16, height=8)
+    with pytest.raises(ValueError, match=r"frame_0001\.png: cannot read image.*no clip under"):
+        dataset[0]
+
+
+def test_windows_never_cross_a_gap_in_the_frame_numbering(tmp_path):
+    for name, numbers in (("whole", range(1, 7)), ("gapped", [1, 2, 3, 7, 8, 9]), ("short_runs", [1, 2, 5, 6])):
+        folder = tmp_path / name
+        folder.mkdir()
+        for n in numbers:
+            Image.fromarray(np.full((8, 16, 3), n, np.uint8)).save(folder / f"frame_{n:04d}.png")
+    with pytest.warns(UserWarning, match=r"gap in their frame numbering .*frame 3 is followed by frame 7"):
+        dataset = FrameFolderDataset(tmp_path, num_frames=3, width=16, height=8)
+    assert [folder.name for folder, _ in dataset.videos] == ["gapped", "whole"]
+    assert dataset.starts == [[0, 3], [0, 1, 2, 3]]
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        values = dataset[0]["pixel_values"][:, 0, 0, 0].tolist()
+        assert values in ([1, 2, 3], [7, 8, 9])
