@@ -337,5 +337,9 @@ def run_cli(main) -> None:
     except (SetupError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
         if os.environ.get("TRAIN_DEBUG"):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        message = str(error)
+        if "Original Traceback" in message:
+            # Raised in a DataLoader worker: its message carries the worker's traceback; the cause is the last line.
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
