@@ -282,8 +282,6 @@ def main(argv=None):
             logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "nonfinite_steps": nonfinite.total}
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             accelerator.log(logs, step=global_step)
-            if not step_is_finite:
-                logger.warning("step %d: loss is %s, the step updated nothing (%d in a row, %d in all)", global_step, logs["loss"], nonfinite.in_a_row, nonfinite.total)
             if global_step % args.checkpointing_steps == 0 or nonfinite.should_stop:
                 checkpoint = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
             if nonfinite.should_stop:

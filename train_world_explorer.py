@@ -94,14 +94,13 @@ def parse_args(argv=None):
 
 def load_models(args):
     """The five SVD components from a pipeline folder, with a clear error when it is not one."""
-    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+
+    from genex.cache_latents import load_encoders
 
     path = args.pretrained_model_name_or_path
+    vae, image_encoder, feature_extractor = load_encoders(args)
     try:
-        feature_extractor = CLIPImageProcessor.from_pretrained(path, subfolder="feature_extractor")
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(path, subfolder="image_encoder", variant=args.variant)
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", variant=args.variant)
         unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet", variant=args.variant)
         EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
     except (OSError, ValueError) as error:
@@ -331,8 +330,6 @@ def main(argv=None):
             logs = {key: float(value) for key, value in logs.items()} | {"loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0], "nonfinite_steps": nonfinite.total}
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             accelerator.log(logs, step=global_step)
-            if not step_is_finite:
-                logger.warning("step %d: loss is %s, the step updated nothing (%d in a row, %d in all)", global_step, logs["loss"], nonfinite.in_a_row, nonfinite.total)
             if global_step % args.checkpointing_steps == 0 or nonfinite.should_stop:
                 checkpoint = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit, ema, ema_names, generator)
             if nonfinite.should_stop:

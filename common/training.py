@@ -269,6 +269,8 @@ class NonFiniteLossGuard:
         finite = bool(self.accelerator.gather(flag).min().item() == 1.0)
         self.in_a_row = 0 if finite else self.in_a_row + 1
         self.total += 0 if finite else 1
+        if not finite:
+            logging.getLogger(__name__).warning("a loss was NaN or inf: this optimizer step updates nothing (%d in a row, %d in all)", self.in_a_row, self.total)
         return finite
 
     @property

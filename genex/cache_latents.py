@@ -33,6 +33,7 @@ def parse_args(argv=None):
 
 
 def load_encoders(args):
+    """The VAE, image encoder and feature extractor of an SVD pipeline folder (what caching and training both need)."""
     from diffusers import AutoencoderKLTemporalDecoder
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
