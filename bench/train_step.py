@@ -19,10 +19,9 @@ How it is measured:
 - `step_ms` is the compute of one step (everything but data); `data_ms` is the DataLoader's work done
   here in the main process (in training, --num_workers overlaps it); `total_ms` is both, the median of
   interleaved rounds (bench.timing);
-- FLOPs are counted with torch.utils.flop_counter on one untimed step with the UNet's gradient
-  checkpointing off (model FLOPs: its recomputation is not counted; `flops_include_recompute` says when
-  memory forced it on). SCL's VAE decode and encodes are always checkpointed per chunk (genex.spherical),
-  so `scl` FLOPs include their recomputation; MFU = FLOPs / time / peak, peak 800 TFLOP/s bf16 on an
+- FLOPs are counted with torch.utils.flop_counter on one untimed step with gradient checkpointing off
+  (model FLOPs: recomputation is not counted; `flops_include_recompute` says when memory forced it on).
+  As in the script, SCL's VAE decode and encode chunks are checkpointed exactly when the UNet is; MFU = FLOPs / time / peak, peak 800 TFLOP/s bf16 on an
   H100 or H200 (DESIGN.md), printed on a GPU only;
 - peak memory: torch.cuda.max_memory_allocated and max_memory_reserved per configuration on a GPU (the
   16 GiB verdict uses reserved); on a CPU the peak resident memory of the whole process (it includes
@@ -317,9 +316,6 @@ def genex_setup(args, accelerator, configs, workdir: Path):
     fps_id = fps_id_for(7)
     chunk = args.decode_chunk_size
 
-    def scl_encoder(pixels):
-        return scl_encode(vae, pixels, chunk)
-
     def step(config: StepConfig, timer: StepTimer) -> None:
         set_checkpointing(base_unet, config.checkpointing)
         with timer.part("data"):
@@ -354,9 +350,10 @@ def genex_setup(args, accelerator, configs, workdir: Path):
         with timer.part("scl"):
             loss = edm_loss(D_leaf, z0, sigma)
             if config.scl:
-                x_pred = decode_x0(vae, D_leaf.to(dtype), chunk)
+                x_pred = decode_x0(vae, D_leaf.to(dtype), chunk, config.checkpointing)
                 thetas = sample_yaw_angles(args.num_scl_samples, generator)
-                loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, scl_encoder)
+                # As the script: SCL's VAE chunks are checkpointed when the UNet is.
+                loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, lambda pixels: scl_encode(vae, pixels, chunk, config.checkpointing))
                 loss, _ = combine_edm_scl(loss, loss_scl, scl_beta_released(0, 1))
             accelerator.backward(loss)
         with timer.part("unet_fwd_bwd"):
