@@ -178,8 +178,8 @@ class LatentCacheDataset(FrameFolderDataset):
                 )
             self.entries.append(path)
 
-    def __getitem__(self, index: int) -> dict:
-        index = range(len(self))[index]
+    def read_clip(self, index: int) -> dict:
+        """Item `index` from the cache (FrameFolderDataset.__getitem__ skips it like a clip when its first frame is unreadable)."""
         folder, frames = self.videos[index]
         start = self.window_start(index)
         window = slice(start, start + self.num_frames)
@@ -191,7 +191,7 @@ class LatentCacheDataset(FrameFolderDataset):
                 "folder": str(folder),
             }
         if self.with_pixels:
-            item["pixel_values"] = super().__getitem__(index)["pixel_values"]
+            item["pixel_values"] = super().read_clip(index)["pixel_values"]
             item["first_frame"] = item["pixel_values"][0]
         else:
             item["first_frame"] = torch.from_numpy(load_frame(frames[start], self.width, self.height)).permute(2, 0, 1)

@@ -137,7 +137,7 @@ def test_without_pixels_only_the_first_frame_is_read(cached, tmp_path):
     try:
         items = [dataset[i] for i in range(len(dataset))]
         assert all("pixel_values" not in item and item["first_frame"].shape == (3, HEIGHT, WIDTH) for item in items)
-        with pytest.raises(OSError, match="cannot read image"):
+        with pytest.raises(ValueError, match="cannot read image"):
             FrameFolderDataset(base, num_frames=3, width=WIDTH, height=HEIGHT, seed=1)[0]
     finally:
         for path, (data, stat) in saved.items():
