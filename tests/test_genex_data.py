@@ -210,8 +210,9 @@ def test_windows_never_cross_a_gap_in_the_frame_numbering(tmp_path):
         folder.mkdir()
         for n in numbers:
             Image.fromarray(np.full((8, 16, 3), n, np.uint8)).save(folder / f"frame_{n:04d}.png")
-    with pytest.warns(UserWarning, match=r"gap in their frame numbering .*frame 3 is followed by frame 7"):
-        dataset = FrameFolderDataset(tmp_path, num_frames=3, width=16, height=8)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 frame folders with fewer than num_frames=3 consecutive frames"):
+        with pytest.warns(UserWarning, match=r"gap in their frame numbering .*frame 3 is followed by frame 7"):
+            dataset = FrameFolderDataset(tmp_path, num_frames=3, width=16, height=8)
     assert [folder.name for folder, _ in dataset.videos] == ["gapped", "whole"]
     assert dataset.starts == [[0, 3], [0, 1, 2, 3]]
     for epoch in range(8):
