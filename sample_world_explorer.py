@@ -46,7 +46,7 @@ def main(argv=None):
     from diffusers import StableVideoDiffusionPipeline
     from PIL import Image
 
-    from genex.generate import check_pipeline_fits, generate_video, load_rgb, resize_frames
+    from genex.generate import check_svd_fits, generate_video, load_rgb, resize_frames
     from genex.spherical import rotate_yaw
 
     args = parse_args(argv)
@@ -60,7 +60,7 @@ def main(argv=None):
         pipeline = StableVideoDiffusionPipeline.from_pretrained(args.model_dir, torch_dtype=dtype)
     except (OSError, ValueError) as error:
         raise model_folder_error(args.model_dir, error, "Stable Video Diffusion") from None
-    check_pipeline_fits(pipeline, args.model_dir, args.width, args.height)
+    check_svd_fits(pipeline.vae, pipeline.unet, args.model_dir, args.width, args.height)
     pipeline.to(args.device)
 
     generator = torch.Generator(device=args.device).manual_seed(args.seed)

@@ -93,10 +93,11 @@ def parse_args(argv=None):
 
 
 def load_models(args):
-    """The five SVD components from a pipeline folder, with a clear error when it is not one."""
+    """The five SVD components from a pipeline folder; a clear error when it is not one, or its UNet or --width/--height do not fit."""
     from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
     from genex.cache_latents import load_encoders
+    from genex.generate import check_svd_fits
 
     path = args.pretrained_model_name_or_path
     vae, image_encoder, feature_extractor = load_encoders(args)
@@ -105,15 +106,8 @@ def load_models(args):
         EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
     except (OSError, ValueError) as error:
         raise model_folder_error(path, error, "Stable Video Diffusion", args.variant) from None
-    if unet.config.in_channels != 2 * vae.config.latent_channels:
-        raise SetupError(f"{path}: unet takes {unet.config.in_channels} input channels, SVD needs 2 x {vae.config.latent_channels} (noisy + conditioning latents)")
+    check_svd_fits(vae, unet, path, args.width, args.height)
     return feature_extractor, image_encoder, vae, unet
-
-
-def check_resolution(args, vae, unet) -> None:
-    multiple = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.block_out_channels) - 1)
-    if args.width % multiple or args.height % multiple:
-        raise SetupError(f"--width {args.width} and --height {args.height} must be multiples of {multiple} for this model")
 
 
 def select_temporal_blocks(unet) -> list:
@@ -223,7 +217,6 @@ def main(argv=None):
 
     # Models: frozen VAE and image encoder in the weight dtype, on the device only where a step needs them.
     feature_extractor, image_encoder, vae, unet = load_models(args)
-    check_resolution(args, vae, unet)
     # The cache's fingerprint is of the weights as loaded, before the cast to the weight dtype.
     fingerprint = cache_fingerprint(vae, image_encoder, feature_extractor, args.width, args.height) if args.latents_cache_dir else None
     dtype = weight_dtype(accelerator)

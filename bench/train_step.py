@@ -273,12 +273,13 @@ def genex_setup(args, accelerator, configs, workdir: Path):
     from genex.edm import append_dims, denoise, edm_loss, sample_cond_sigma, sample_sigma
     from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, scl_encode, spherical_contrastive_loss
     from common.training import weight_dtype
-    from train_world_explorer import check_resolution, device_placement, freeze_all_but_temporal_blocks
+    from genex.generate import check_svd_fits
+    from train_world_explorer import device_placement, freeze_all_but_temporal_blocks
 
     dtype = weight_dtype(accelerator)
     device = accelerator.device
     feature_extractor, image_encoder, vae, unet = build_genex_models(args, dtype)
-    check_resolution(args, vae, unet)
+    check_svd_fits(vae, unet, "the benchmark's SVD", args.width, args.height)
     frames_root = write_frame_folders(workdir / "frames", args.batch_size, args.num_frames, args.width, args.height)
     loaders = {}
     if any(not config.cached for config in configs):

@@ -38,12 +38,12 @@ def resolution_multiple(vae, unet) -> int:
     return math.lcm(8, downsampling)
 
 
-def check_pipeline_fits(pipeline, folder, width: int, height: int) -> None:
-    """Refuse, before generating, a UNet that cannot take SVD's inputs or a size the model cannot generate."""
-    latent_channels, in_channels = pipeline.vae.config.latent_channels, pipeline.unet.config.in_channels
+def check_svd_fits(vae, unet, folder, width: int, height: int) -> None:
+    """Refuse, before training or generating, a UNet that cannot take SVD's inputs or a size the model cannot generate."""
+    latent_channels, in_channels = vae.config.latent_channels, unet.config.in_channels
     if in_channels != 2 * latent_channels:
         raise ValueError(f"{folder}: unet takes {in_channels} input channels, SVD needs 2 x {latent_channels} (noisy + conditioning latents)")
-    multiple = resolution_multiple(pipeline.vae, pipeline.unet)
+    multiple = resolution_multiple(vae, unet)
     if width % multiple or height % multiple:
         raise ValueError(f"--width {width} and --height {height} must be multiples of {multiple} for this model")
 
