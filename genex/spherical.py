@@ -109,5 +109,8 @@ def combine_edm_scl(l_edm: torch.Tensor, l_scl: torch.Tensor, beta: float):
     # GenEx skips the SCL term for a step where it would swamp the denoising loss.
     if l_scl.item() > 10 * l_edm.item():
         beta = 0.0
+    if beta == 0.0:
+        # Left out of the graph, so the backward pass does not run through SCL's decode and encodes for zeros.
+        return l_edm, beta
     alpha = 1.0 - beta
     return alpha * l_edm + beta * l_scl, beta

@@ -173,6 +173,19 @@ def test_combination_and_the_ten_times_rule():
     assert beta == 0.0 and loss.item() == pytest.approx(1.0)
 
 
+def test_a_skipped_scl_term_is_not_backpropagated():
+    # The backward of a skipped term would run SCL's decode and encodes only to multiply by zero.
+    edm_input, scl_input = torch.tensor(1.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)
+    for l_scl, beta in ((scl_input * 10.5, 0.3), (scl_input * 1.0, 0.0)):
+        loss, beta_used = combine_edm_scl(edm_input * 1.0, l_scl, beta)
+        loss.backward()
+        assert beta_used == 0.0 and scl_input.grad is None and edm_input.grad.item() == pytest.approx(1.0)
+        edm_input.grad = None
+    loss, _ = combine_edm_scl(edm_input * 1.0, scl_input * 1.0, 0.3)
+    loss.backward()
+    assert scl_input.grad.item() == pytest.approx(0.3) and edm_input.grad.item() == pytest.approx(0.7)
+
+
 def test_scl_vae_chunks_are_checkpointed_and_give_the_plain_gradients(pipe):
     from genex.spherical import scl_encode
 
