@@ -5,6 +5,7 @@ UNet forward+backward, SCL, optimizer; peak memory; model FLOPs and, on a GPU, m
     python -m bench.train_step --pipeline pecn --tiny
     python -m bench.train_step --pipeline genex --full --mixed_precision bf16 --gradient_checkpointing   # SVD-xt 1024x576x25
     python -m bench.train_step --pipeline genex --full --width 256 --height 128 --num_frames 4            # runs on a CPU
+    python -m bench.train_step --pipeline genex --full --device meta --compare scl cache                  # FLOPs at 1024x576x25, any machine
 
 The step is built from the functions the training scripts call, in their order, under the same
 Accelerator (autocast, loss scaling, gradient clipping), optimizer and LR schedule. `--tiny` uses the
@@ -21,6 +22,9 @@ How it is measured:
   interleaved rounds (bench.timing);
 - FLOPs are counted with torch.utils.flop_counter on one untimed step with gradient checkpointing off
   (model FLOPs: recomputation is not counted; `flops_include_recompute` says when memory forced it on).
+  Attention is counted with torch's formulas for its flash kernels on CUDA and CPU alike (their backward
+  includes the kernel's recomputation of the scores); `--device meta` counts the same model work on
+  empty tensors, where attention takes SDPA's math path, so nothing runs and any size counts in seconds.
   As in the script, SCL's VAE decode and encode chunks are checkpointed exactly when the UNet is; MFU = FLOPs / time / peak, peak 800 TFLOP/s bf16 on an
   H100 or H200 (DESIGN.md), printed on a GPU only;
 - peak memory: torch.cuda.max_memory_allocated and max_memory_reserved per configuration on a GPU (the
@@ -96,7 +100,9 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="Timed steps per configuration (interleaved rounds).")
     parser.add_argument("--warmup", type=int, default=1, help="Untimed steps per configuration first.")
     parser.add_argument("--peak_tflops", type=float, default=None, help="Peak TFLOP/s for MFU; default 800 on an H100 or H200 (DESIGN.md), MFU n/a on other devices.")
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu", help="Default cuda when available.")
+    parser.add_argument("--device", choices=["cuda", "cpu", "meta"], default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="Default cuda when available. meta: count each part's model FLOPs on the meta device, computing and allocating nothing, "
+                             "so any size counts in seconds on any machine (no times, memory or MFU; --steps, --warmup and --mixed_precision do not change a count).")
     args = parser.parse_args(argv)
     return resolve_args(parser, args)
 
@@ -118,6 +124,8 @@ def resolve_args(parser, args):
             parser.error(f"PECN trains square images: --width {args.width} and --height {args.height} differ")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
+    if args.device == "meta" and (args.compile or args.use_8bit_adam):
+        parser.error("--device meta counts the model's FLOPs and runs no optimizer or compiler: drop --compile and --use_8bit_adam")
     if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         parser.error("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
     if args.steps < 1 or args.warmup < 0 or args.num_scl_samples < 1 or args.batch_size < 1:
@@ -133,6 +141,19 @@ def step_configs(args) -> list[StepConfig]:
     fields = {"scl": "scl", "cache": "cached", "checkpointing": "checkpointing"}
     off = base | {fields[name]: False for name in args.compare}
     return [StepConfig("base", **off)] + [StepConfig(f"+{name}", **(off | {fields[name]: True})) for name in args.compare]
+
+
+def count_cpu_attention_flops() -> None:
+    """Count attention on the CPU as on CUDA and meta: torch.utils.flop_counter has no formula for SDPA's CPU kernels."""
+    from torch.utils import flop_counter
+
+    aten, registry = torch.ops.aten, flop_counter.flop_registry
+    # The CPU kernels take the CUDA flash kernels' leading arguments, so the CUDA formulas apply as they are.
+    formulas = {aten._scaled_dot_product_flash_attention_for_cpu: registry[aten._scaled_dot_product_flash_attention],
+                aten._scaled_dot_product_flash_attention_for_cpu_backward: registry[aten._scaled_dot_product_flash_attention_backward]}
+    for op, formula in formulas.items():
+        if op not in registry:
+            flop_counter.register_flop_formula(op, get_raw=True)(formula)
 
 
 class StepTimer:
@@ -174,6 +195,7 @@ class StepTimer:
 
     def count_flops(self, run) -> dict[str, int]:
         """FLOPs per part of one call of `run` (not timed)."""
+        count_cpu_attention_flops()
         self.flops = defaultdict(int)
         try:
             run()
@@ -264,108 +286,146 @@ def build_genex_models(args, dtype):
     return models["feature_extractor"], models["image_encoder"], models["vae"], models["unet"]
 
 
-def genex_setup(args, accelerator, configs, workdir: Path):
-    """Models placed as train_world_explorer.py places them, the optimizer, data; returns (step function, info)."""
+def genex_models(args, dtype) -> dict:
+    """The SVD components as train_world_explorer.py holds them: frozen modules in `dtype`, float32 temporal blocks (on --device meta: there)."""
+    from genex.generate import check_svd_fits
+    from train_world_explorer import freeze_all_but_temporal_blocks
+
+    feature_extractor, image_encoder, vae, unet = build_genex_models(args, dtype)
+    check_svd_fits(vae, unet, "the benchmark's SVD", args.width, args.height)
+    vae.requires_grad_(False).to(dtype=dtype)
+    image_encoder.requires_grad_(False).to(dtype=dtype)
+    params = [param for _, param in freeze_all_but_temporal_blocks(unet, dtype)]
+    # Trainable weights train in float32, as from_pretrained loads them (the full-size builder makes them in `dtype`).
+    for param in params:
+        param.data = param.data.float()
+    if args.device == "meta":
+        # Also what the builders leave on the CPU (tiny models; the mixing factors diffusers creates with torch.Tensor).
+        for module in (image_encoder, vae, unet):
+            module.to("meta")
+    info = {"unet_m": sum(p.numel() for p in unet.parameters()) / 1e6, "trainable_m": sum(p.numel() for p in params) / 1e6}
+    return dict(feature_extractor=feature_extractor, image_encoder=image_encoder, vae=vae, unet=unet, params=params, dtype=dtype, info=info)
+
+
+def genex_model_work(args, models: dict, batch: dict, config: StepConfig, timer: StepTimer, generator, backward) -> None:
+    """The model work of one train_world_explorer.py step, per timed (or counted) part: VAE and CLIP encodes, UNet forward + backward, SCL.
+
+    `batch` is a DataLoader batch on the device (uint8 pixels; the cached statistics with `config.cached`).
+    """
     from common.conditioning import conditioning_dropout_masks
     from genex.conditioning import add_time_ids, clip_image_embedding, encode_cond_latents, encode_video_latents, fps_id_for, sample_latents
-    from genex.data import FrameFolderDataset, to_model_range
-    from genex.latent_cache import LatentCacheDataset, build_latent_cache
+    from genex.data import to_model_range
     from genex.edm import append_dims, denoise, edm_loss, sample_cond_sigma, sample_sigma
     from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, scl_encode, spherical_contrastive_loss
+
+    vae, unet, dtype, chunk = models["vae"], models["unet"], models["dtype"], args.decode_chunk_size
+    with timer.part("data"):
+        frames = to_model_range(batch["pixel_values"], dtype) if "pixel_values" in batch else None
+        first_frame = frames[:, 0] if frames is not None else to_model_range(batch["first_frame"], dtype)
+    batch_size, device = first_frame.shape[0], first_frame.device
+    with torch.no_grad():
+        # Cached: z0 drawn from the stored posteriors; only the noise-augmented first frame is encoded.
+        with timer.part("vae_encode"):
+            if config.cached:
+                z0 = sample_latents(batch["latent_mean"], batch["latent_std"], vae.config.scaling_factor, generator)
+            else:
+                z0 = encode_video_latents(vae, frames, generator, chunk)
+            cond_sigma = sample_cond_sigma((batch_size,), generator, device)
+            cond_latents = encode_cond_latents(vae, first_frame, cond_sigma.to(dtype), args.num_frames, generator).float()
+        if config.cached:
+            clip_embedding = batch["clip_embedding"].float().unsqueeze(1)
+        else:
+            with timer.part("clip_encode"):
+                clip_embedding = clip_image_embedding(models["image_encoder"], models["feature_extractor"], first_frame).float()
+    keep_clip, keep_latent = conditioning_dropout_masks(batch_size, 0.1, generator, device)
+    clip_embedding = clip_embedding * append_dims(keep_clip, clip_embedding.ndim)
+    cond_latents = cond_latents * append_dims(keep_latent, cond_latents.ndim)
+    sigma = sample_sigma((batch_size,), 0.7, 1.6, generator, device)
+    noisy = z0 + append_dims(sigma, z0.ndim) * torch.randn(z0.shape, generator=generator, device=device)
+    time_ids = add_time_ids(fps_id_for(7), 127, cond_sigma).to(device)
+    with timer.part("unet_fwd_bwd"):
+        D = denoise(unet, noisy, sigma, cond_latents, clip_embedding, time_ids)
+    # The backward is split at D so that the losses' share (SCL's decode and re-encode) is timed apart.
+    D_leaf = D.detach().requires_grad_()
+    with timer.part("scl"):
+        loss = edm_loss(D_leaf, z0, sigma)
+        if config.scl:
+            x_pred = decode_x0(vae, D_leaf.to(dtype), chunk, config.checkpointing)
+            thetas = sample_yaw_angles(args.num_scl_samples, generator)
+            # As the script: SCL's VAE chunks are checkpointed when the UNet is.
+            loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, lambda pixels: scl_encode(vae, pixels, chunk, config.checkpointing))
+            beta = scl_beta_released(0, 1)
+            # The meta device holds no values for the ten-times rule: the term is kept, as in a step that keeps it.
+            loss = (1 - beta) * loss + beta * loss_scl if loss.is_meta else combine_edm_scl(loss, loss_scl, beta)[0]
+        backward(loss)
+    with timer.part("unet_fwd_bwd"):
+        D.backward(D_leaf.grad)
+
+
+def genex_meta_batch(args, config: StepConfig, models: dict) -> dict:
+    """Empty meta tensors shaped and typed as a GenEx batch: FrameFolderDataset's, or LatentCacheDataset's with `config.cached`."""
+    scale = 2 ** (len(models["vae"].config.block_out_channels) - 1)
+    clip, pixels = (args.batch_size, args.num_frames), (3, args.height, args.width)
+    batch = {"pixel_values": torch.empty(*clip, *pixels, dtype=torch.uint8, device="meta")}
+    if not config.cached:
+        return batch
+    latents = torch.empty(*clip, models["vae"].config.latent_channels, args.height // scale, args.width // scale, dtype=torch.float16, device="meta")
+    cached = {"latent_mean": latents, "latent_std": latents, "first_frame": batch["pixel_values"][:, 0],
+              "clip_embedding": torch.empty(args.batch_size, models["image_encoder"].config.projection_dim, device="meta")}
+    # As LatentCacheDataset: the other frames' pixels only for SCL.
+    return cached | (batch if config.scl else {})
+
+
+def genex_setup(args, accelerator, configs, workdir: Path):
+    """Models placed as train_world_explorer.py places them, the optimizer, data; returns (step function, info)."""
+    from genex.data import FrameFolderDataset
+    from genex.latent_cache import LatentCacheDataset, build_latent_cache
     from common.training import weight_dtype
-    from genex.generate import check_svd_fits
-    from train_world_explorer import device_placement, freeze_all_but_temporal_blocks
+    from train_world_explorer import device_placement
 
     dtype = weight_dtype(accelerator)
     device = accelerator.device
-    feature_extractor, image_encoder, vae, unet = build_genex_models(args, dtype)
-    check_svd_fits(vae, unet, "the benchmark's SVD", args.width, args.height)
+    models = genex_models(args, dtype)
+    vae, image_encoder = models["vae"], models["image_encoder"]
     frames_root = write_frame_folders(workdir / "frames", args.batch_size, args.num_frames, args.width, args.height)
     loaders = {}
     if any(not config.cached for config in configs):
         loaders[False] = FrameFolderDataset(frames_root, args.num_frames, args.width, args.height)
     if any(config.cached for config in configs):
         # The cache as genex.cache_latents writes it, from the models as built; read with the script's dataset.
-        build_latent_cache(frames_root, workdir / "cache", vae, image_encoder, feature_extractor, args.width, args.height, device, dtype, args.decode_chunk_size)
+        build_latent_cache(frames_root, workdir / "cache", vae, image_encoder, models["feature_extractor"], args.width, args.height, device, dtype, args.decode_chunk_size)
         loaders[True] = LatentCacheDataset(frames_root, workdir / "cache", args.num_frames, args.width, args.height,
                                            with_pixels=any(config.cached and config.scl for config in configs))
     batches = {cached: forever(torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=0)) for cached, dataset in loaders.items()}
 
-    # Frozen modules in the weight dtype, on the device only when a step needs them (the script's placement when every configuration is cached).
-    vae.requires_grad_(False).to(dtype=dtype)
-    image_encoder.requires_grad_(False).to(dtype=dtype)
+    # Frozen modules on the device only when a step needs them (the script's placement when every configuration is cached).
     placement = argparse.Namespace(latents_cache_dir=str(workdir / "cache") if False not in loaders else None, scl_loss=any(config.scl for config in configs))
     on_device, off_device = device_placement(placement, vae, image_encoder)
     for module in off_device:
         module.to("cpu")
     for module in on_device:
         module.to(device)
-    trainable = freeze_all_but_temporal_blocks(unet, dtype)
-    params = [param for _, param in trainable]
-    # Trainable weights train in float32, as from_pretrained loads them (the full-size builder makes them in `dtype`).
-    for param in params:
-        param.data = param.data.float()
-    set_checkpointing(unet, configs[0].checkpointing)
+    base_unet, params = models["unet"], models["params"]
+    set_checkpointing(base_unet, configs[0].checkpointing)
     if args.compile:
         # In place, as the script does.
-        unet.compile()
+        base_unet.compile()
     shared = shared_training_args(args, str(workdir))
-    info = {"unet_m": sum(p.numel() for p in unet.parameters()) / 1e6, "trainable_m": sum(p.numel() for p in params) / 1e6}
-    base_unet = unet
-    unet, optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, unet, params, args.batch_size)
+    models["unet"], optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, base_unet, params, args.batch_size)
     generator = torch.Generator(device=device).manual_seed(0)
-    fps_id = fps_id_for(7)
-    chunk = args.decode_chunk_size
 
     def step(config: StepConfig, timer: StepTimer) -> None:
         set_checkpointing(base_unet, config.checkpointing)
         with timer.part("data"):
             batch = {key: value.to(device) for key, value in next(batches[config.cached]).items() if torch.is_tensor(value)}
-            frames = to_model_range(batch["pixel_values"], dtype) if "pixel_values" in batch else None
-            first_frame = frames[:, 0] if frames is not None else to_model_range(batch["first_frame"], dtype)
-        batch_size = first_frame.shape[0]
-        with torch.no_grad():
-            # Cached: z0 drawn from the stored posteriors; only the noise-augmented first frame is encoded.
-            with timer.part("vae_encode"):
-                if config.cached:
-                    z0 = sample_latents(batch["latent_mean"], batch["latent_std"], vae.config.scaling_factor, generator)
-                else:
-                    z0 = encode_video_latents(vae, frames, generator, chunk)
-                cond_sigma = sample_cond_sigma((batch_size,), generator, device)
-                cond_latents = encode_cond_latents(vae, first_frame, cond_sigma.to(dtype), args.num_frames, generator).float()
-            if config.cached:
-                clip_embedding = batch["clip_embedding"].float().unsqueeze(1)
-            else:
-                with timer.part("clip_encode"):
-                    clip_embedding = clip_image_embedding(image_encoder, feature_extractor, first_frame).float()
-        keep_clip, keep_latent = conditioning_dropout_masks(batch_size, 0.1, generator, device)
-        clip_embedding = clip_embedding * append_dims(keep_clip, clip_embedding.ndim)
-        cond_latents = cond_latents * append_dims(keep_latent, cond_latents.ndim)
-        sigma = sample_sigma((batch_size,), 0.7, 1.6, generator, device)
-        noisy = z0 + append_dims(sigma, z0.ndim) * torch.randn(z0.shape, generator=generator, device=device)
-        time_ids = add_time_ids(fps_id, 127, cond_sigma).to(device)
-        with timer.part("unet_fwd_bwd"):
-            D = denoise(unet, noisy, sigma, cond_latents, clip_embedding, time_ids)
-        # The backward is split at D so that the losses' share (SCL's decode and re-encode) is timed apart.
-        D_leaf = D.detach().requires_grad_()
-        with timer.part("scl"):
-            loss = edm_loss(D_leaf, z0, sigma)
-            if config.scl:
-                x_pred = decode_x0(vae, D_leaf.to(dtype), chunk, config.checkpointing)
-                thetas = sample_yaw_angles(args.num_scl_samples, generator)
-                # As the script: SCL's VAE chunks are checkpointed when the UNet is.
-                loss_scl = spherical_contrastive_loss(x_pred, frames, sigma, thetas, lambda pixels: scl_encode(vae, pixels, chunk, config.checkpointing))
-                loss, _ = combine_edm_scl(loss, loss_scl, scl_beta_released(0, 1))
-            accelerator.backward(loss)
-        with timer.part("unet_fwd_bwd"):
-            D.backward(D_leaf.grad)
+        genex_model_work(args, models, batch, config, timer, generator, accelerator.backward)
         with timer.part("optimizer"):
             accelerator.clip_grad_norm_(params, shared.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-    return step, info
+    return step, models["info"]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -389,44 +449,83 @@ def build_pecn_models(args, dtype, workdir: Path) -> dict:
     return build_tiny_components(8, 0, workdir / "tokenizer") | {"noise_scheduler": DDPMScheduler(**INSTRUCT_PIX2PIX_SCHEDULER_CONFIG)}
 
 
-def pecn_setup(args, accelerator, configs, workdir: Path):
-    """Models placed as train_instruct_pix2pix.py places them, the optimizer, data; returns (step function, info)."""
+def pecn_models(args, dtype, workdir: Path) -> dict:
+    """The InstructPix2Pix components as train_instruct_pix2pix.py holds them: frozen VAE and text encoder in `dtype` on the device, a float32 8-channel UNet."""
+    from pecn.unet import expand_conv_in
+
+    models = build_pecn_models(args, dtype, workdir)
+    unet = expand_conv_in(models["unet"]).float().to(args.device)
+    unet.train()
+    for name in ("vae", "text_encoder"):
+        models[name].requires_grad_(False).to(args.device, dtype=dtype)
+    tokenizer = models["tokenizer"]
+    null_prompt_ids = tokenizer([""], max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        null_text_embedding = models["text_encoder"](null_prompt_ids.to(args.device))[0].float()
+    params = list(unet.parameters())
+    info = {"unet_m": sum(p.numel() for p in params) / 1e6, "trainable_m": sum(p.numel() for p in params) / 1e6}
+    return models | dict(unet=unet, params=params, dtype=dtype, null_text_embedding=null_text_embedding, info=info)
+
+
+def pecn_model_work(args, models: dict, batch: dict, config: StepConfig, timer: StepTimer, generator, backward) -> torch.Tensor:
+    """The model work of one train_instruct_pix2pix.py step, per timed (or counted) part: VAE and text encodes, UNet forward + backward; returns the loss."""
     import torch.nn.functional as F
-    from PIL import Image
 
     from common.conditioning import conditioning_dropout_masks
     from common.pixels import to_model_range
+    from train_instruct_pix2pix import diffusion_target
+
+    vae, noise_scheduler, dtype = models["vae"], models["noise_scheduler"], models["dtype"]
+    device = batch["input_ids"].device
+    with torch.no_grad():
+        with timer.part("vae_encode"):
+            edited = to_model_range(batch["edited_pixel_values"], dtype)
+            latents = vae.encode(edited).latent_dist.sample(generator).float() * vae.config.scaling_factor
+            original_latents = vae.encode(to_model_range(batch["original_pixel_values"], dtype)).latent_dist.mode().float()
+        with timer.part("text_encode"):
+            text_embedding = models["text_encoder"](batch["input_ids"])[0].float()
+    keep_text, keep_image = conditioning_dropout_masks(latents.shape[0], 0.05, generator, device)
+    text_embedding = torch.where(keep_text[:, None, None].bool(), text_embedding, models["null_text_embedding"])
+    original_latents = original_latents * keep_image[:, None, None, None]
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device)
+    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+    with timer.part("unet_fwd_bwd"):
+        prediction = models["unet"](torch.cat([noisy_latents, original_latents], dim=1), timesteps, text_embedding, return_dict=False)[0]
+        loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
+        backward(loss)
+    return loss
+
+
+def pecn_meta_batch(args, config: StepConfig, models: dict) -> dict:
+    """Empty meta tensors shaped and typed as a batch of train_instruct_pix2pix.py's transform and collate."""
+    pixels = torch.empty(args.batch_size, 3, args.width, args.width, dtype=torch.uint8, device="meta")
+    input_ids = torch.empty(args.batch_size, models["tokenizer"].model_max_length, dtype=torch.long, device="meta")
+    return {"original_pixel_values": pixels, "edited_pixel_values": pixels, "input_ids": input_ids}
+
+
+def pecn_setup(args, accelerator, configs, workdir: Path):
+    """Models placed as train_instruct_pix2pix.py places them, the optimizer, data; returns (step function, info)."""
+    from PIL import Image
+
     from common.training import NonFiniteLossGuard, weight_dtype
     from pecn.prompts import build_prompt
-    from pecn.unet import expand_conv_in
-    from train_instruct_pix2pix import collate, diffusion_target, make_preprocess
+    from train_instruct_pix2pix import collate, make_preprocess
 
-    dtype = weight_dtype(accelerator)
     device = accelerator.device
-    models = build_pecn_models(args, dtype, workdir)
-    noise_scheduler, tokenizer, text_encoder, vae = (models[key] for key in ("noise_scheduler", "tokenizer", "text_encoder", "vae"))
-    # Frozen VAE and text encoder in the weight dtype; the whole UNet trains, in float32.
-    unet = expand_conv_in(models["unet"]).float()
-    vae.requires_grad_(False).to(device, dtype=dtype)
-    text_encoder.requires_grad_(False).to(device, dtype=dtype)
-    unet.train()
-    set_checkpointing(unet, configs[0].checkpointing)
+    models = pecn_models(args, weight_dtype(accelerator), workdir)
+    base_unet, params = models["unet"], models["params"]
+    set_checkpointing(base_unet, configs[0].checkpointing)
     if args.compile:
-        unet.compile()
+        base_unet.compile()
     shared = shared_training_args(args, str(workdir))
-    base_unet = unet
-    params = list(unet.parameters())
-    unet, optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, unet, params, args.batch_size)
-    info = {"unet_m": sum(p.numel() for p in params) / 1e6, "trainable_m": sum(p.numel() for p in params) / 1e6}
+    models["unet"], optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, base_unet, params, args.batch_size)
 
     # Data: PNG pairs and a progress prompt through the script's own transform and collate, one example at a time as HF Datasets does.
     rng = np.random.default_rng(0)
     prompt = build_prompt("Pushing something from left to right", True, 20, 40)
     samples = [(png_bytes(smooth_image(rng, args.width, args.width)), png_bytes(smooth_image(rng, args.width, args.width))) for _ in range(args.batch_size)]
-    preprocess = make_preprocess(argparse.Namespace(resolution=args.width, random_flip=False), tokenizer)
-    null_prompt_ids = tokenizer([""], max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
-    with torch.no_grad():
-        null_text_embedding = text_encoder(null_prompt_ids.to(device))[0].float()
+    preprocess = make_preprocess(argparse.Namespace(resolution=args.width, random_flip=False), models["tokenizer"])
     generator = torch.Generator(device=device).manual_seed(0)
     nonfinite = NonFiniteLossGuard(accelerator, shared.max_nonfinite_steps)
 
@@ -441,32 +540,16 @@ def pecn_setup(args, accelerator, configs, workdir: Path):
         set_checkpointing(base_unet, config.checkpointing)
         with timer.part("data"):
             batch = load_batch()
-        with torch.no_grad():
-            with timer.part("vae_encode"):
-                edited = to_model_range(batch["edited_pixel_values"], dtype)
-                latents = vae.encode(edited).latent_dist.sample(generator).float() * vae.config.scaling_factor
-                original_latents = vae.encode(to_model_range(batch["original_pixel_values"], dtype)).latent_dist.mode().float()
-            with timer.part("text_encode"):
-                text_embedding = text_encoder(batch["input_ids"])[0].float()
-        keep_text, keep_image = conditioning_dropout_masks(latents.shape[0], 0.05, generator, device)
-        text_embedding = torch.where(keep_text[:, None, None].bool(), text_embedding, null_text_embedding)
-        original_latents = original_latents * keep_image[:, None, None, None]
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator, device=device)
-        noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-        with timer.part("unet_fwd_bwd"):
-            prediction = unet(torch.cat([noisy_latents, original_latents], dim=1), timesteps, text_embedding, return_dict=False)[0]
-            loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
-            accelerator.backward(loss)
-            nonfinite.observe(loss)
+        loss = pecn_model_work(args, models, batch, config, timer, generator, accelerator.backward)
         with timer.part("optimizer"):
+            nonfinite.observe(loss)
             if nonfinite.step_is_finite():
                 accelerator.clip_grad_norm_(params, shared.max_grad_norm)
                 optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-    return step, info
+    return step, models["info"]
 
 
 def peak_tflops(args) -> float | None:
@@ -521,10 +604,14 @@ def mfu(flops: int, seconds: float, peak: float | None):
     return 100.0 * flops / seconds / (peak * 1e12)
 
 
+def size_label(args) -> str:
+    return f"{args.width}x{args.height}" + (f"x{args.num_frames}" if args.pipeline == "genex" else "") + f" b{args.batch_size}"
+
+
 def result_rows(args, configs, info, timer, flops, peaks, totals) -> list[dict]:
     """One row per configuration: per-part medians (ms), step and total time, memory, FLOPs, MFU, and the ratio to the first."""
     peak = peak_tflops(args)
-    size = f"{args.width}x{args.height}" + (f"x{args.num_frames}" if args.pipeline == "genex" else "") + f" b{args.batch_size}"
+    size = size_label(args)
     rows = []
     for config in configs:
         medians = timer.medians(config.name)
@@ -561,9 +648,38 @@ def print_parameter_counts(args, info) -> None:
         print(f"{args.pipeline} UNet: {info['unet_m']:.1f} M parameters, {info['trainable_m']:.1f} M trainable")
 
 
+def count_on_meta(args, configs: list[StepConfig]) -> dict:
+    """--device meta: each configuration's model FLOPs per part, from the step's own model work on empty meta tensors."""
+    # Float32 throughout: the count is the same in any precision, and the meta device has no autocast to mix them.
+    dtype = torch.float32
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.pipeline == "genex":
+            models, work, meta_batch = genex_models(args, dtype), genex_model_work, genex_meta_batch
+        else:
+            models, work, meta_batch = pecn_models(args, dtype, Path(workdir)), pecn_model_work, pecn_meta_batch
+    print_parameter_counts(args, models["info"])
+    timer = StepTimer(lambda: None)
+    rows = []
+    for config in configs:
+        # Model FLOPs, as on a real device: without the recomputation of gradient checkpointing.
+        counted = dataclasses.replace(config, checkpointing=False)
+        flops = timer.count_flops(lambda: work(args, models, meta_batch(args, counted, models), counted, timer, None, torch.Tensor.backward))
+        row = {"config": config.name, "pipeline": args.pipeline, "size": size_label(args), "scl_samples": args.num_scl_samples if config.scl else 0, "cached_latents": config.cached}
+        row |= {f"{part}_tflop": flops.get(part, 0) / 1e12 for part in PARTS[args.pipeline] if part not in ("data", "optimizer")}
+        row["step_tflop"] = sum(flops.values()) / 1e12
+        row["x_first"] = row["step_tflop"] / rows[0]["step_tflop"] if rows else 1.0
+        rows.append(row | {key: round(value, 1) for key, value in models["info"].items()})
+    columns = [key for key in rows[0] if key not in ("pipeline", "unet_m", "trainable_m")]
+    print("TFLOP per part of one step, counted on the meta device with torch.utils.flop_counter (model FLOPs: no recomputation); "
+          "x_first: step_tflop / the first row's.")
+    return report(f"train_step {args.pipeline} {'full' if args.full else 'tiny'} flops", rows, columns)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     configs = step_configs(args)
+    if args.device == "meta":
+        return count_on_meta(args, configs)
     accelerator = create_accelerator(args)
     synchronize = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as workdir:

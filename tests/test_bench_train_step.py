@@ -76,6 +76,7 @@ def test_genex_cached_latents_with_scl(capsys):
     (["--pipeline", "pecn", "--tiny", "--scl_loss"], "--scl_loss: GenEx only"),
     (["--pipeline", "pecn", "--tiny", "--width", "32", "--height", "64"], "PECN trains square images"),
     (["--pipeline", "genex", "--tiny", "--full"], "not allowed with argument"),
+    (["--pipeline", "genex", "--tiny", "--device", "meta", "--compile"], "runs no optimizer or compiler"),
 ])
 def test_refused_flags(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -106,3 +107,46 @@ def test_mfu_is_flops_over_time_and_peak():
     assert train_step.mfu(400e12, 1.0, 800.0) == pytest.approx(50.0)
     assert train_step.mfu(400e12, 2.0, 800.0) == pytest.approx(25.0)
     assert train_step.mfu(400e12, 1.0, None) == "n/a"
+
+
+@pytest.mark.parametrize("argv", [["--pipeline", "genex", "--tiny", "--compare", "scl", "cache"], ["--pipeline", "pecn", "--tiny"]])
+def test_meta_counts_are_the_counts_of_a_real_step(capsys, argv):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # One attention kernel for both devices: the meta device runs SDPA's math path.
+    with sdpa_kernel(SDPBackend.MATH):
+        real = run_bench(capsys, *argv)[1]["rows"]
+        meta = run_bench(capsys, *argv, "--device", "meta")[1]["rows"]
+    assert [row["config"] for row in meta] == [row["config"] for row in real]
+    for real_row, meta_row in zip(real, meta):
+        assert meta_row["unet_fwd_bwd_tflop"] == real_row["unet_tflop"] > 0
+        assert meta_row["step_tflop"] == real_row["step_tflop"]
+        assert meta_row["x_first"] == pytest.approx(meta_row["step_tflop"] / meta[0]["step_tflop"])
+        assert "step_ms" not in meta_row and "peak_rss_gib" not in meta_row
+
+
+def test_meta_counts_the_full_size_step_at_1024x576x25(capsys):
+    lines, record = run_bench(capsys, "--pipeline", "genex", "--full", "--device", "meta", "--compare", "scl", "cache")
+    base, scl, cache = record["rows"]
+    assert "SVD-xt UNet: 1524.6 M parameters (DESIGN.md 1524.6), temporal_transformer_block 397.6 M (DESIGN.md 397.6)" in lines
+    assert base["size"] == "1024x576x25 b1" and scl["scl_samples"] == 3
+    # The same UNet work in every row; SCL adds its decode and encodes, the cache removes the frames' encodes and CLIP.
+    assert base["unet_fwd_bwd_tflop"] == scl["unet_fwd_bwd_tflop"] == cache["unet_fwd_bwd_tflop"] > 100
+    assert scl["scl_tflop"] > base["unet_fwd_bwd_tflop"] and base["scl_tflop"] == 0
+    assert cache["clip_encode_tflop"] == 0 < base["clip_encode_tflop"] and cache["vae_encode_tflop"] < base["vae_encode_tflop"] / 10
+
+
+def test_cpu_attention_is_counted_as_the_math_path_forward():
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    train_step.count_cpu_attention_flops()
+    q, k, v = (torch.randn(2, 4, length, 8) for length in (16, 24, 24))
+    counts = {}
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.MATH):
+        with sdpa_kernel(backend), FlopCounterMode(display=False) as counter:
+            F.scaled_dot_product_attention(q, k, v)
+        counts[backend] = counter.get_total_flops()
+    # Two products of 2*4 heads, 16x24 scores, 8 channels, two FLOPs per multiply-add.
+    assert counts[SDPBackend.FLASH_ATTENTION] == counts[SDPBackend.MATH] == 2 * (2 * 2 * 4 * 16 * 24 * 8)
