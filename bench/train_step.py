@@ -233,13 +233,23 @@ def create_accelerator(args):
     return Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
 
 
-def prepare_optimisation(accelerator, shared, unet, params, batch_size: int):
-    """AdamW (or 8-bit AdamW) and the LR schedule of common.training, wrapped by Accelerate with the UNet."""
+def prepare_training(args, accelerator, models: dict, configs: list[StepConfig], workdir: Path):
+    """The UNet as the scripts set it up (checkpointing as the first configuration, --compile in place), AdamW (or
+    8-bit AdamW) and the LR schedule of common.training, wrapped by Accelerate; models["unet"] becomes the wrapped UNet.
+
+    Returns (the unwrapped UNet, the scripts' optimisation arguments, optimizer, LR scheduler).
+    """
     from common.training import create_lr_scheduler, create_optimizer
 
-    optimizer = create_optimizer(params, shared, accelerator.num_processes, batch_size)
+    base_unet = models["unet"]
+    set_checkpointing(base_unet, configs[0].checkpointing)
+    if args.compile:
+        base_unet.compile()
+    shared = shared_training_args(args, str(workdir))
+    optimizer = create_optimizer(models["params"], shared, accelerator.num_processes, args.batch_size)
     lr_scheduler = create_lr_scheduler(optimizer, shared, max_train_steps=10**6, num_processes=accelerator.num_processes)
-    return accelerator.prepare(unet, optimizer, lr_scheduler)
+    models["unet"], optimizer, lr_scheduler = accelerator.prepare(base_unet, optimizer, lr_scheduler)
+    return base_unet, shared, optimizer, lr_scheduler
 
 
 def set_checkpointing(unet, enabled: bool) -> None:
@@ -405,13 +415,8 @@ def genex_setup(args, accelerator, configs, workdir: Path):
         module.to("cpu")
     for module in on_device:
         module.to(device)
-    base_unet, params = models["unet"], models["params"]
-    set_checkpointing(base_unet, configs[0].checkpointing)
-    if args.compile:
-        # In place, as the script does.
-        base_unet.compile()
-    shared = shared_training_args(args, str(workdir))
-    models["unet"], optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, base_unet, params, args.batch_size)
+    params = models["params"]
+    base_unet, shared, optimizer, lr_scheduler = prepare_training(args, accelerator, models, configs, workdir)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step(config: StepConfig, timer: StepTimer) -> None:
@@ -514,12 +519,8 @@ def pecn_setup(args, accelerator, configs, workdir: Path):
 
     device = accelerator.device
     models = pecn_models(args, weight_dtype(accelerator), workdir)
-    base_unet, params = models["unet"], models["params"]
-    set_checkpointing(base_unet, configs[0].checkpointing)
-    if args.compile:
-        base_unet.compile()
-    shared = shared_training_args(args, str(workdir))
-    models["unet"], optimizer, lr_scheduler = prepare_optimisation(accelerator, shared, base_unet, params, args.batch_size)
+    params = models["params"]
+    base_unet, shared, optimizer, lr_scheduler = prepare_training(args, accelerator, models, configs, workdir)
 
     # Data: PNG pairs and a progress prompt through the script's own transform and collate, one example at a time as HF Datasets does.
     rng = np.random.default_rng(0)
