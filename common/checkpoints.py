@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from common.cli import RunError
 from common.files import atomic_folder, staging_folder
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ TRAINING_STATE = "training_state.json"
 GENERATOR_STATE = "generator_state_{}.safetensors"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RunError):
     """A checkpoint that is missing, incomplete or does not fit this run."""
 
 

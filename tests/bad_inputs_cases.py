@@ -102,12 +102,12 @@ def _exit_code(error: SystemExit) -> int:
 
 
 def _cli(module_name: str, wrap: bool) -> Callable:
-    """main(argv) of a script; `wrap`: its __main__ goes through common.training.run_cli."""
+    """main(argv) of a script; `wrap`: its __main__ goes through common.cli.run_cli."""
 
     def call(argv):
         import importlib
 
-        from common.training import run_cli
+        from common.cli import run_cli
 
         main = importlib.import_module(module_name).main
         if wrap:
