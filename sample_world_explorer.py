@@ -9,11 +9,17 @@ then written at the panorama's own aspect ratio (2:1 for an equirectangular pano
 import argparse
 import logging
 
+import numpy as np
 import torch
+from diffusers import StableVideoDiffusionPipeline
+from PIL import Image
 
 from common.cli import model_folder_error, run_cli
 from common.training import flush_denormals
 from common.video import write_mp4
+from genex.generate import generate_video, load_rgb, resize_frames
+from genex.models import check_svd_fits
+from genex.spherical import rotate_yaw
 
 logger = logging.getLogger("sample_world_explorer")
 
@@ -43,13 +49,6 @@ def output_size(panorama_width: int, panorama_height: int, model_width: int) -> 
 
 
 def main(argv=None):
-    import numpy as np
-    from diffusers import StableVideoDiffusionPipeline
-    from PIL import Image
-
-    from genex.generate import check_svd_fits, generate_video, load_rgb, resize_frames
-    from genex.spherical import rotate_yaw
-
     args = parse_args(argv)
     flush_denormals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
