@@ -384,14 +384,19 @@ def checkpoint_folder(tmp: Path, env: Env) -> Path:
     return folder
 
 
+def with_unet_in_channels(tmp: Path, source: Path, unet_class, channels: int) -> Path:
+    """A copy of the pipeline folder `source` whose UNet (random weights) takes `channels` input channels."""
+    model = tmp / "model"
+    shutil.copytree(source, model, ignore=shutil.ignore_patterns("unet"))
+    config = dict(unet_class.load_config(source / "unet"), in_channels=channels)
+    unet_class.from_config(config).save_pretrained(model / "unet")
+    return model
+
+
 def svd_with_4_channel_unet(tmp: Path, env: Env) -> Path:
     from diffusers import UNetSpatioTemporalConditionModel
 
-    model = tmp / "model"
-    shutil.copytree(env.svd, model, ignore=shutil.ignore_patterns("unet"))
-    config = dict(UNetSpatioTemporalConditionModel.load_config(env.svd / "unet"), in_channels=4)
-    UNetSpatioTemporalConditionModel.from_config(config).save_pretrained(model / "unet")
-    return model
+    return with_unet_in_channels(tmp, env.svd, UNetSpatioTemporalConditionModel, 4)
 
 
 # ----------------------------------------------------------------------------- checkpoints to resume from

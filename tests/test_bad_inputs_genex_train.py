@@ -94,7 +94,8 @@ def genex_fresh_start(tmp: Path, env: Env) -> Built:
     return Built(genex_argv(env, tmp / "run", "--resume_from_checkpoint=latest", "--max_train_steps=1"), {"output": str(tmp / "run")})
 
 
-CASES.append(Case("genex-resume-latest-none", ENTRY, genex_fresh_start, "fresh start", (r"no checkpoint in {output} yet, starting a fresh run",), pipeline_saved))
+CASES.append(Case("genex-resume-latest-none", ENTRY, genex_fresh_start, "fresh start", (r"no checkpoint in {output} yet, starting a fresh run",),
+                  pipeline_saved))
 
 
 # ----------------------------------------------------------------------------- optional packages

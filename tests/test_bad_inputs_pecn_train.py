@@ -11,7 +11,7 @@ import pytest
 
 from bad_inputs_support import (COLOUR_MODES, NUM_FRAMES, SIZE, Built, Case, Env, Outcome, as_255, assert_colour, empty_folder, fake_checkpoint,
                                 ip2p_trainable, missing_folder, other_shape, params, pipeline_saved, ssv2_pair_in_mode, svd_folder, svd_trainable,
-                                t2i_folder, try_case)
+                                t2i_folder, try_case, with_unet_in_channels)
 
 ENTRY = "train_instruct_pix2pix.py"
 DATA = "train_instruct_pix2pix.py data"
@@ -70,11 +70,7 @@ CASES.append(Case("pecn-model-is-svd", ENTRY, partial(pecn_with_model, make=svd_
 def ip2p_with_5_channel_unet(tmp: Path, env: Env) -> Path:
     from diffusers import UNet2DConditionModel
 
-    model = tmp / "model"
-    shutil.copytree(env.ip2p, model, ignore=shutil.ignore_patterns("unet"))
-    config = dict(UNet2DConditionModel.load_config(env.ip2p / "unet"), in_channels=5)
-    UNet2DConditionModel.from_config(config).save_pretrained(model / "unet")
-    return model
+    return with_unet_in_channels(tmp, env.ip2p, UNet2DConditionModel, 5)
 
 
 CASES.append(Case("pecn-unet-5-channels", ENTRY, partial(pecn_with_model, make=ip2p_with_5_channel_unet), "error",
@@ -115,7 +111,8 @@ def pecn_fresh_start(tmp: Path, env: Env) -> Built:
     return Built(pecn_argv(env, tmp / "run", "--resume_from_checkpoint=latest"), {"output": str(tmp / "run")})
 
 
-CASES.append(Case("pecn-resume-latest-none", ENTRY, pecn_fresh_start, "fresh start", (r"no checkpoint in {output} yet, starting a fresh run",), pipeline_saved))
+CASES.append(Case("pecn-resume-latest-none", ENTRY, pecn_fresh_start, "fresh start", (r"no checkpoint in {output} yet, starting a fresh run",),
+                  pipeline_saved))
 
 
 # ----------------------------------------------------------------------------- optional packages
@@ -123,7 +120,8 @@ CASES.append(Case("pecn-resume-latest-none", ENTRY, pecn_fresh_start, "fresh sta
 
 CASES.append(Case("pecn-xformers-absent", ENTRY, partial(pecn_with_flags, flags=("--enable_xformers_memory_efficient_attention",)), "error",
                   (r"--enable_xformers_memory_efficient_attention", r"xformers is not installed")))
-CASES.append(Case("pecn-bitsandbytes-absent", ENTRY, partial(pecn_with_flags, flags=("--use_8bit_adam",)), "error", (r"--use_8bit_adam", r"needs bitsandbytes")))
+CASES.append(Case("pecn-bitsandbytes-absent", ENTRY, partial(pecn_with_flags, flags=("--use_8bit_adam",)), "error",
+                  (r"--use_8bit_adam", r"needs bitsandbytes")))
 
 
 # ----------------------------------------------------------------------------- annotations and frames

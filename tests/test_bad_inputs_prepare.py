@@ -105,27 +105,20 @@ CASES.append(Case("prepare-parquet-without-video-column", ENTRY, parquet_without
                   (r"stopped reading this scene: {bad}: no 'video' column \(columns: mp4, caption\)", r"1 scene\(s\) stopped early")))
 
 
-def parquet_is_lfs_pointer(tmp: Path, env: Env) -> Built:
+def scene_table_text(tmp: Path, env: Env, name: str, text: str) -> Built:
+    """The Realistic scene's only table, Realistic/<name>, holding `text`."""
     dataset, output = tmp / "src", tmp / "out"
-    path = dataset / "Realistic" / "train-00000-of-00001.parquet"
+    path = dataset / "Realistic" / name
     path.parent.mkdir(parents=True)
-    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 123456\n")
+    path.write_text(text)
     return Built(prepare_argv(dataset, output), {"bad": str(path)})
 
 
-CASES.append(Case("prepare-parquet-is-lfs-pointer", ENTRY, parquet_is_lfs_pointer, "stopped",
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 123456\n"  # what a clone without `git lfs pull` holds
+CASES.append(Case("prepare-parquet-is-lfs-pointer", ENTRY, partial(scene_table_text, name="train-00000-of-00001.parquet", text=LFS_POINTER), "stopped",
                   (r"stopped reading this scene: {bad}: not a readable parquet file .*git lfs pull",)))
-
-
-def csv_without_video_column(tmp: Path, env: Env) -> Built:
-    dataset, output = tmp / "src", tmp / "out"
-    path = dataset / "Realistic" / "train.csv"
-    path.parent.mkdir(parents=True)
-    path.write_text("clip,caption\nb'x',a walk\n")
-    return Built(prepare_argv(dataset, output), {"bad": str(path)})
-
-
-CASES.append(Case("prepare-csv-without-video-column", ENTRY, csv_without_video_column, "stopped", (r"stopped reading this scene: {bad}: no 'video' column",)))
+CASES.append(Case("prepare-csv-without-video-column", ENTRY, partial(scene_table_text, name="train.csv", text="clip,caption\nb'x',a walk\n"), "stopped",
+                  (r"stopped reading this scene: {bad}: no 'video' column",)))
 
 
 def dataset_path_missing(tmp: Path, env: Env) -> Built:
