@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from common.files import write_atomic
-from common.training import SetupError, flush_denormals, model_folder_error, run_cli
+from common.cli import SetupError, model_folder_error, run_cli
+from common.training import flush_denormals
 
 logger = logging.getLogger("sample_from_pix2pix")
 

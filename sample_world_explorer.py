@@ -11,7 +11,8 @@ import logging
 
 import torch
 
-from common.training import flush_denormals, model_folder_error, run_cli
+from common.cli import model_folder_error, run_cli
+from common.training import flush_denormals
 from common.video import write_mp4
 
 logger = logging.getLogger("sample_world_explorer")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from common.checkpoints import save_checkpoint
+from common.cli import SetupError, model_folder_error, run_cli
 from common.conditioning import conditioning_dropout_masks
 from common.images import to_rgb
 from common.pixels import to_model_range
@@ -27,7 +28,6 @@ from pecn.predict import predict_frame, rgb_frames
 from pecn.visualize import comparison_grid
 from common.training import (
     NonFiniteLossGuard,
-    SetupError,
     add_shared_training_args,
     allow_tf32,
     check_shared_args,
@@ -36,12 +36,10 @@ from common.training import (
     create_generator,
     ema_weights_swapped_in,
     log_weight_checksums,
-    model_folder_error,
     prepare_training,
     enable_memory_efficient_attention,
     epoch_batches,
     inference_precision,
-    run_cli,
     setup_logging,
     weight_dtype,
 )

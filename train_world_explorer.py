@@ -17,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from common.checkpoints import save_checkpoint
+from common.cli import SetupError, model_folder_error, run_cli
 from common.conditioning import conditioning_dropout_masks
 from common.trackers import log_validation_videos
 from common.training import (
     NonFiniteLossGuard,
-    SetupError,
     add_shared_training_args,
     allow_tf32,
     check_shared_args,
@@ -30,12 +30,10 @@ from common.training import (
     create_generator,
     ema_weights_swapped_in,
     log_weight_checksums,
-    model_folder_error,
     prepare_training,
     enable_memory_efficient_attention,
     epoch_batches,
     inference_precision,
-    run_cli,
     setup_logging,
     weight_dtype,
 )

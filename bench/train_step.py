@@ -700,6 +700,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from common.training import run_cli
+    from common.cli import run_cli
 
     run_cli(main)

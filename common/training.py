@@ -6,14 +6,11 @@ import dataclasses
 import importlib.util
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
 
-
-class SetupError(RuntimeError):
-    """A flag or environment that cannot work (a missing optional package, an impossible value)."""
+from common.cli import RunError, SetupError
 
 
 def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
@@ -49,18 +46,6 @@ def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest" for the newest in --output_dir (a fresh start if there is none).')
     group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
     group.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir.")
-
-
-def model_folder_error(path: str, error: Exception, kind: str, variant=None) -> SetupError:
-    """A one-line error for a base model that cannot be loaded, with the likely fix when there is one."""
-    folder = Path(path)
-    if not folder.exists() and (os.sep in path or path.startswith(".")):
-        return SetupError(f"{path}: folder does not exist")
-    hint = ""
-    if variant is None and folder.is_dir() and next(folder.glob("*/*.fp16.safetensors"), None) is not None:
-        hint = "; it holds fp16 weight files: add --variant fp16"
-    article = "an" if kind[0].lower() in "aeiou" else "a"
-    return SetupError(f"{path}: not {article} {kind} pipeline folder ({str(error).splitlines()[0]}){hint}")
 
 
 def check_shared_args(args) -> None:
@@ -239,7 +224,7 @@ def ema_weights_swapped_in(ema, params):
         ema.restore(params)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunError):
     """The loss stayed NaN or inf for --max_nonfinite_steps optimizer steps in a row."""
 
 
@@ -326,22 +311,3 @@ def allow_tf32(enabled: bool) -> None:
     if enabled:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-
-def run_cli(main) -> None:
-    """Run a script's main(); known setup and data errors become one line on stderr and exit code 2."""
-    import sys
-
-    from common.checkpoints import CheckpointError
-
-    try:
-        main()
-    except (SetupError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
-        if os.environ.get("TRAIN_DEBUG"):
-            raise
-        message = str(error)
-        if "Original Traceback" in message:
-            # Raised in a DataLoader worker: its message carries the worker's traceback; the cause is the last line.
-            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)

@@ -11,7 +11,8 @@ import logging
 
 import torch
 
-from common.training import SetupError, flush_denormals, model_folder_error, run_cli
+from common.cli import SetupError, model_folder_error, run_cli
+from common.training import flush_denormals
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

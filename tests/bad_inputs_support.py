@@ -39,6 +39,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from common.cli import run_cli
+
 WIDTH, HEIGHT = 64, 32  # GenEx frames and panoramas
 SIZE = 32  # PECN frames
 NUM_FRAMES = 24  # frames of every synthetic SSv2 video
@@ -132,9 +134,7 @@ def _exit_code(error: SystemExit) -> int:
 
 
 def run_main(argv: list[str], module_name: str, wrap: bool):
-    """main(argv) of a script; `wrap`: its __main__ goes through common.training.run_cli."""
-    from common.training import run_cli
-
+    """main(argv) of a script; `wrap`: its __main__ goes through common.cli.run_cli."""
     main = importlib.import_module(module_name).main
     if wrap:
         return run_cli(lambda: main(argv))

@@ -133,8 +133,8 @@ def test_killed_twice_and_resumed_equals_the_straight_run(pipeline, request):
 
     # Resumed, then killed while checkpoint-4 is half written: checkpoint-2 must stay the one to resume from.
     run_until_paused_then_kill(setup["script"], args, {"FAULT_PAUSE_IN_SAVE": "4"}, marker)
-    assert checkpoint_names(killed) == [".checkpoint-4.incomplete", "checkpoint-2"]
-    assert not (killed / ".checkpoint-4.incomplete" / "training_state.json").exists()
+    assert checkpoint_names(killed) == [".checkpoint-4.partial", "checkpoint-2"]
+    assert not (killed / ".checkpoint-4.partial" / "training_state.json").exists()
 
     code, output = run_to_end(setup["script"], args)
     assert code == 0, output[-3000:]

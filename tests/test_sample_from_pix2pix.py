@@ -18,7 +18,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import sample_from_pix2pix
-from common.training import run_cli
+from common.cli import run_cli
 from conftest import REPO_ROOT
 from pecn import dataset, video_loader
 from pecn.synthetic import SHORT_NUM_FRAMES, write_synthetic_ssv2
