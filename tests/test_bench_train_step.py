@@ -73,7 +73,8 @@ def test_genex_cached_latents_with_scl(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--pipeline", "pecn", "--tiny", "--scl_loss"], "unrecognized arguments: --scl_loss"),
+    (["--pipeline", "pecn", "--tiny", "--scl_loss"], "--scl_loss: GenEx only"),
+    (["--pipeline", "genex", "--tiny", "--random_flip"], "--random_flip: PECN only"),
     (["--pipeline", "pecn", "--tiny", "--cached_latents"], "--cached_latents: GenEx only"),
     (["--pipeline", "pecn", "--tiny", "--width", "32", "--height", "64"], "PECN trains square images"),
     (["--pipeline", "genex", "--tiny", "--full"], "not allowed with argument"),
