@@ -2,6 +2,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -14,3 +16,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 from common.training import flush_denormals  # noqa: E402
 
 flush_denormals()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: two OpenMP threads on a shared 2-core machine spin against each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
