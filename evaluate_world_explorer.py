@@ -72,7 +72,7 @@ def main(argv=None):
     from common.metrics import I3DFeatures, LpipsScorer
     from common.pixels import vae_reconstruction
     from genex import evaluate
-    from genex.generate import check_svd_fits, load_svd_pipeline
+    from genex.models import check_svd_fits, load_svd_pipeline
 
     args = parse_args(argv)
     flush_denormals()

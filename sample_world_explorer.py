@@ -17,13 +17,13 @@ import torch
 from common.cli import run_cli
 from common.training import flush_denormals
 from common.video import write_mp4
+from genex.generate import explore_path, load_rgb, parse_trajectory, resize_frames
+from genex.models import check_svd_fits, load_svd_pipeline
 
 logger = logging.getLogger("sample_world_explorer")
 
 
 def parse_args(argv=None):
-    from genex.generate import parse_trajectory
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", type=str, required=True, help="A StableVideoDiffusionPipeline folder (e.g. train_world_explorer.py's --output_dir).")
     parser.add_argument("--panorama", type=str, required=True, help="Equirectangular panorama image (any size; 2:1 expected).")
@@ -64,8 +64,6 @@ def output_size(panorama_width: int, panorama_height: int, model_width: int) -> 
 
 
 def main(argv=None):
-    from genex.generate import check_svd_fits, explore_path, load_rgb, load_svd_pipeline, resize_frames
-
     args = parse_args(argv)
     flush_denormals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from common.cli import RunError
@@ -114,8 +115,6 @@ def save_ema(ema, names: list[str], path: Path) -> None:
 
 
 def load_ema(ema, names: list[str], path: Path) -> None:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         step = int(handle.metadata()["optimization_step"])
         if sorted(handle.keys()) != sorted(names):

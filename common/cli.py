@@ -4,6 +4,8 @@ import os
 import sys
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 
 class RunError(RuntimeError):
     """An error the user can act on (a flag, a file, a checkpoint, a diverged run): shown as one line."""
@@ -54,5 +56,6 @@ def run_cli(main) -> None:
         if "Original Traceback" in message:
             # Raised in a DataLoader worker: its message carries the worker's traceback; the cause is the last line.
             message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        print(f"error: {message}", file=sys.stderr)
+        # Through tqdm, so that the line starts on its own even under a progress bar.
+        tqdm.write(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -15,6 +15,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import cv2
+
 # Out of space or over quota: every later write on that disk fails the same way.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -170,8 +172,6 @@ class WorkerDied(RuntimeError):
 
 
 def _init_worker() -> None:
-    import cv2
-
     # One thread per worker: the parallelism comes from the processes.
     cv2.setNumThreads(1)
     os.environ["OMP_NUM_THREADS"] = "1"

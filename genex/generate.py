@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.images import to_rgb
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
@@ -23,43 +25,11 @@ def list_images(folder, limit=None) -> list[Path]:
 
 def load_rgb(path) -> Image.Image:
     """An image as 8-bit RGB, converted as training frames are (16-bit scaled, alpha over white)."""
-    from common.images import to_rgb
-
     try:
         with Image.open(path) as image:
             return to_rgb(image)
     except OSError as error:
         raise ValueError(f"{path}: cannot read image ({error})") from None
-
-
-def resolution_multiple(vae, unet) -> int:
-    """Width and height must be multiples of this: the VAE's and the UNet's downsampling, and the SVD pipeline's own 8."""
-    downsampling = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.block_out_channels) - 1)
-    return math.lcm(8, downsampling)
-
-
-def load_svd_pipeline(model_dir, device: str):
-    """The StableVideoDiffusionPipeline of `model_dir` on `device`, fp16 on CUDA and fp32 elsewhere."""
-    from diffusers import StableVideoDiffusionPipeline
-
-    from common.cli import model_folder_error
-
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    try:
-        pipeline = StableVideoDiffusionPipeline.from_pretrained(model_dir, dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise model_folder_error(str(model_dir), error, "Stable Video Diffusion") from None
-    return pipeline.to(device)
-
-
-def check_svd_fits(vae, unet, folder, width: int, height: int) -> None:
-    """Refuse, before training or generating, a UNet that cannot take SVD's inputs or a size the model cannot generate."""
-    latent_channels, in_channels = vae.config.latent_channels, unet.config.in_channels
-    if in_channels != 2 * latent_channels:
-        raise ValueError(f"{folder}: unet takes {in_channels} input channels, SVD needs 2 x {latent_channels} (noisy + conditioning latents)")
-    multiple = resolution_multiple(vae, unet)
-    if width % multiple or height % multiple:
-        raise ValueError(f"--width {width} and --height {height} must be multiples of {multiple} for this model")
 
 
 @torch.no_grad()

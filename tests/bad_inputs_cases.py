@@ -137,18 +137,20 @@ def _pecn_data(argv):
     import train_instruct_pix2pix
     from transformers import CLIPTokenizer
 
-    from pecn.pairs import build_pair_dataset
+    from pecn.pairs import build_pair_dataset, pair_transform
 
     args = train_instruct_pix2pix.parse_args(argv)
     tokenizer = CLIPTokenizer.from_pretrained(args.pretrained_model_name_or_path, subfolder="tokenizer")
     pairs, skipped = build_pair_dataset(args.train_annotations, args.frames_dir, args.input_frame_idx, args.target_frame_idx, args.add_progress)
-    return pairs.with_transform(train_instruct_pix2pix.make_preprocess(args, tokenizer)), skipped
+    return pairs.with_transform(pair_transform(args.resolution, tokenizer, with_mirrored_prompts=args.random_flip)), skipped
 
 
 def _pecn_models(argv):
     import train_instruct_pix2pix
+    from pecn.models import load_models
 
-    return train_instruct_pix2pix.load_models(train_instruct_pix2pix.parse_args(argv))
+    args = train_instruct_pix2pix.parse_args(argv)
+    return load_models(args.pretrained_model_name_or_path, args.variant)
 
 
 # How a user starts each command-line entry point from the repository root.

@@ -10,17 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from genex.conditioning import clip_image_embedding, encode_video_latents
-from genex.data import FrameFolderDataset, load_frame, to_model_range
-from genex.latent_cache import (
-    LatentCacheDataset,
-    build_latent_cache,
-    cache_entry_path,
-    cache_fingerprint,
-    default_cache_dir,
-    frame_latent_statistics,
-    sample_latents,
-)
+from common.pixels import to_model_range
+from genex.conditioning import clip_image_embedding, encode_video_latents, frame_latent_statistics, sample_latents
+from genex.data import FrameFolderDataset, load_frame
+from genex.latent_cache import LatentCacheDataset, build_latent_cache, cache_entry_path, cache_fingerprint, default_cache_dir
 from genex.synthetic import render_forward_video
 from genex.tiny import build_tiny_svd_pipeline, save_tiny_svd_pipeline
 

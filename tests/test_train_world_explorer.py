@@ -100,9 +100,17 @@ def test_tensorboard_holds_the_loss(trained):
     scalars = {tag: acc.Scalars(tag) for acc in events for tag in acc.Tags()["scalars"]}
     assert [s.step for s in scalars["loss"]] == [1, 2, 3, 4]
     assert all(np.isfinite(s.value) for s in scalars["loss"])
-    assert {"loss_edm", "loss_scl", "scl_beta", "lr"} <= set(scalars)
+    assert {"loss_edm", "loss_scl", "scl_beta", "lr", "grad_norm"} <= set(scalars)
     images = {tag for acc in events for tag in acc.Tags()["images"]}
     assert any(tag.startswith("validation/") for tag in images)
+
+
+def test_train_log_has_every_optimizer_step_and_validation_says_it_starts(trained):
+    output_dir, log = trained
+    steps = [line for line in (output_dir / "train.log").read_text().splitlines() if " - train.steps - " in line]
+    assert [line.split("step ", 1)[1].split(":")[0] for line in steps] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(f" {name} " in line for line in steps for name in ("loss", "loss_edm", "loss_scl", "scl_beta", "lr", "grad_norm"))
+    assert log.count("Validation at step 2: 1 video(s)") == 1 and "Validation at step 4" in log
 
 
 def test_final_folder_is_an_svd_pipeline_with_frozen_weights_unchanged(trained, setup):
@@ -185,6 +193,10 @@ def test_two_processes_keep_weights_in_sync(setup):
     checksums = re.search(r"trainable weight checksum per process: \[([^\]]+)\]", log).group(1).split(",")
     assert len(checksums) == 2 and float(checksums[0]) == float(checksums[1])
     assert (output_dir / "model_index.json").is_file()
+    # Each log line once, from the main process; train.log has the loss of every optimizer step.
+    assert log.count("optimizer steps, batch 1 x 2 processes") == 1 and log.count("Saved the trained pipeline") == 1
+    steps = [line for line in (output_dir / "train.log").read_text().splitlines() if " - train.steps - " in line]
+    assert [line.split("step ", 1)[1].split(":")[0] for line in steps] == ["1/2", "2/2"] and all(" loss " in line for line in steps)
 
 
 def test_sampler_writes_video_at_the_panorama_aspect(trained, setup, tmp_path):
@@ -246,7 +258,8 @@ def test_compile_is_in_place_so_checkpoints_and_the_final_save_see_plain_names(s
     from diffusers import UNetSpatioTemporalConditionModel
 
     sys.path.insert(0, str(REPO))
-    from train_world_explorer import parse_args, select_temporal_blocks
+    from genex.models import select_temporal_blocks
+    from train_world_explorer import parse_args
 
     assert parse_args(base_args(setup, tmp_path, 1, "--compile")).compile
     assert not parse_args(base_args(setup, tmp_path, 1)).compile
