@@ -17,6 +17,16 @@ from common.training import flush_denormals  # noqa: E402
 
 flush_denormals()
 
+# The bad-input matrix's one outcome check lives in a helper module: pytest shows its failed asserts' values too.
+pytest.register_assert_rewrite("bad_inputs_support")
+from bad_inputs_support import Env, build_env  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def matrix_env(tmp_path_factory) -> Env:
+    """What every file of the bad-input matrix starts from (tiny pipelines, GenEx frames, a prepared synthetic SSv2), built once."""
+    return build_env(tmp_path_factory.mktemp("bad_inputs_env"))
+
 
 @pytest.fixture(scope="module")
 def one_thread():

@@ -16,11 +16,11 @@ import genex.prepare as prepare
 import prepare_dataset
 from common import files
 from common.files import DiskFullError, write_file, write_json_atomic
+from conftest import REPO_ROOT
 from genex.synthetic import write_genex_db
 from pecn import dataset, video_loader
 from pecn.synthetic import write_synthetic_ssv2
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 GENEX_ARGS = ["--scene_types", "realistic", "--frames_per_video", "8", "--image_size", "256", "128", "--quiet"]
 PECN_SIZES = ["--sizes", "128x128", "96x96"]
 

@@ -21,11 +21,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import sample_from_pix2pix
 from common.cli import run_cli
+from conftest import REPO_ROOT
 from pecn import dataset, video_loader
 from pecn.synthetic import SHORT_NUM_FRAMES, write_synthetic_ssv2
 from pecn.tiny import save_tiny_pipeline
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 NUM_FRAMES = 24
 INPUT_FRAME_IDX, TARGET_FRAME_IDX = 20, 21
