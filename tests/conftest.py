@@ -26,3 +26,14 @@ from bad_inputs_support import Env, build_env  # noqa: E402
 def matrix_env(tmp_path_factory) -> Env:
     """What every file of the bad-input matrix starts from (tiny pipelines, GenEx frames, a prepared synthetic SSv2), built once."""
     return build_env(tmp_path_factory.mktemp("bad_inputs_env"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: two OpenMP threads on a shared 2-core machine spin against each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
