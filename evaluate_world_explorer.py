@@ -27,9 +27,12 @@ from tqdm.auto import tqdm
 
 from common.cli import count_or_all, run_cli
 from common.files import atomic_folder, check_output_dir, write_atomic
-from common.metrics import add_lpips_arguments, json_safe
+from common.metrics import I3DFeatures, LpipsScorer, add_lpips_arguments, json_safe
+from common.pixels import vae_reconstruction
 from common.training import flush_denormals
 from common.video import write_mp4
+from genex import evaluate
+from genex.models import check_svd_fits, load_svd_pipeline
 
 logger = logging.getLogger("evaluate_world_explorer")
 
@@ -69,11 +72,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from common.metrics import I3DFeatures, LpipsScorer
-    from common.pixels import vae_reconstruction
-    from genex import evaluate
-    from genex.models import check_svd_fits, load_svd_pipeline
-
     args = parse_args(argv)
     flush_denormals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -30,12 +30,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionInstructPix2PixPipeline
+from PIL import Image
 from tqdm.auto import tqdm
 
 from common.cli import SetupError, count_or_all, model_folder_error, run_cli
 from common.files import atomic_folder, check_output_dir, write_atomic
-from common.metrics import add_lpips_arguments, format_cell, json_safe, markdown_table
+from common.metrics import LpipsScorer, add_lpips_arguments, format_cell, json_safe, markdown_table, psnr, ssim, summarize
 from common.training import flush_denormals
+from pecn.pairs import build_pair_dataset
+from pecn.predict import predict_frame, reconstruct_frame, rgb_frames
+from pecn.tasks import TASK_TEMPLATES
+from pecn.visualize import comparison_grid
 
 logger = logging.getLogger("sample_from_pix2pix")
 
@@ -99,8 +105,6 @@ def parse_args(argv=None):
 
 def load_pipeline(model_dir: str, device: str):
     """The InstructPix2Pix pipeline of `model_dir`, fp16 on CUDA and fp32 elsewhere."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
     # A local folder is checked first, so a typo is not sent to the hub as a model id.
     folder = Path(model_dir)
     if not folder.is_dir():
@@ -124,8 +128,6 @@ def load_pipeline(model_dir: str, device: str):
 
 def predict(pipeline, example: dict, args, index: int):
     """One prediction, drawn with its own generator (seed + index), so it does not depend on the samples before it."""
-    from pecn.predict import predict_frame
-
     generator = torch.Generator(device=args.device).manual_seed(args.seed + index)
     return predict_frame(pipeline, example["input_image"], example["edit_prompt"], args.num_inference_steps,
                          args.image_guidance_scale, args.guidance_scale, generator)
@@ -133,8 +135,6 @@ def predict(pipeline, example: dict, args, index: int):
 
 def score(example: dict, prediction, reconstruction, lpips_scorer) -> dict:
     """Per-sample record: the model's prediction, the copied input and the VAE's reconstruction, each against the ground truth."""
-    from common.metrics import psnr, ssim
-
     target = np.asarray(example["edited_image"].convert("RGB"))
     rows = {"model": prediction, "copy": example["input_image"], "vae": reconstruction}
     rows = {row: np.asarray(image.convert("RGB")) for row, image in rows.items()}
@@ -151,9 +151,6 @@ def score(example: dict, prediction, reconstruction, lpips_scorer) -> dict:
 
 def summaries(records: list[dict], add_progress: bool) -> dict:
     """Overall, per-task and (with progress prompts) per-progress means, model, copy and vae side by side."""
-    from common.metrics import summarize
-    from pecn.tasks import TASK_TEMPLATES
-
     task_order = {task: i for i, task in enumerate(TASK_TEMPLATES)}
     per_task = sorted(summarize(records, METRIC_KEYS, ("task",)), key=lambda row: (task_order.get(row["task"], len(task_order)), row["task"]))
     result = {"overall": summarize(records, METRIC_KEYS)[0], "per_task": {row.pop("task"): row for row in per_task}}
@@ -164,8 +161,6 @@ def summaries(records: list[dict], add_progress: bool) -> dict:
 
 
 def save_png(image, path: Path) -> None:
-    from PIL import Image
-
     buffer = io.BytesIO()
     (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format="PNG")
     write_atomic(path, buffer.getvalue())
@@ -200,11 +195,6 @@ def results_markdown(args, results: dict) -> str:
 
 
 def main(argv=None):
-    from common.metrics import LpipsScorer
-    from pecn.pairs import build_pair_dataset
-    from pecn.predict import reconstruct_frame, rgb_frames
-    from pecn.visualize import comparison_grid
-
     args = parse_args(argv)
     flush_denormals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -17,6 +17,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from common.metrics import FVD_NUM_FRAMES, finite_mean, format_cell, fvd, markdown_table, psnr, ssim, summarize
@@ -247,10 +250,6 @@ def results_markdown(results: dict) -> str:
 
 def curves_png(curves: dict[str, dict[str, list[float]]]) -> bytes:
     """A PNG of each metric against the frame index, one line per row (Agg backend, no display needed)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     metrics = list(next(iter(curves.values())))
     figure = Figure(figsize=(5 * len(metrics), 3.6))
     FigureCanvasAgg(figure)

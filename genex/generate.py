@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from common.images import to_rgb
+from genex.spherical import rotate_yaw
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -83,8 +84,6 @@ def explore_path(pipeline, panorama: Image.Image, segments, width: int, height: 
     the segment before for the others. A segment keeps all its frames, its first one too (the turned
     view as the model renders it), so the path is exactly as long as its segments' frames add up to.
     """
-    from genex.spherical import rotate_yaw
-
     if not segments:
         raise ValueError("a path needs at least one segment")
     view, videos = np.asarray(panorama), []
