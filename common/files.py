@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 
+from common.cli import SetupError
+
 # Out of space or over quota: every later write on that disk fails the same way.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -262,8 +264,6 @@ def check_output_dir(output_dir: os.PathLike, script: str, overwrite: bool) -> b
     other non-empty folder never (it is not ours to replace). The folder that will hold the staging
     folder must be writable. Returns the `replace` argument for `atomic_folder(output_dir)`.
     """
-    from common.cli import SetupError
-
     folder = Path(output_dir)
     if folder.exists() and not folder.is_dir():
         raise SetupError(f"{folder}: --output_dir is a file, not a folder")
