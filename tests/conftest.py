@@ -37,3 +37,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def one_line_error(main, argv, capsys) -> str:
+    """The one `error:` line that run_cli prints for a known error of `main(argv)`, last on stderr (after any progress bars); exit code 2."""
+    from common.cli import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0] == lines[-1], lines
+    return errors[0]

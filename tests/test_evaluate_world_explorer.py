@@ -20,7 +20,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import evaluate_world_explorer
-from common.cli import run_cli
+from conftest import one_line_error
 from genex import evaluate
 from genex.spherical import rotate_yaw
 from genex.tiny import save_tiny_svd_pipeline
@@ -212,14 +212,7 @@ class FakeI3D(torch.nn.Module):
 
 
 def run_expecting_error(argv, capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: evaluate_world_explorer.main(argv))
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0] == lines[-1], lines
-    return errors[0]
+    return one_line_error(evaluate_world_explorer.main, argv, capsys)
 
 
 def test_fvd_from_the_i3d_file_and_a_rerun_refused_then_replaced(models, held_out, tmp_path, monkeypatch, capsys):

@@ -20,8 +20,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import sample_from_pix2pix
-from common.cli import run_cli
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, one_line_error
 from pecn import dataset, video_loader
 from pecn.synthetic import SHORT_NUM_FRAMES, write_synthetic_ssv2
 from pecn.tiny import save_tiny_pipeline
@@ -264,15 +263,7 @@ def test_bad_environment_value_is_a_clear_error(monkeypatch, capsys, name, value
 
 
 def run_expecting_error(argv, capsys) -> str:
-    """The one-line message that run_cli prints for a known error (after any loading progress bars)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: sample_from_pix2pix.main(argv))
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0] == lines[-1], lines
-    return errors[0]
+    return one_line_error(sample_from_pix2pix.main, argv, capsys)
 
 
 def test_folder_that_is_not_a_pipeline(data, tmp_path, capsys):
