@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,3 +27,24 @@ from bad_inputs_support import Env, build_env  # noqa: E402
 def matrix_env(tmp_path_factory) -> Env:
     """What every file of the bad-input matrix starts from (tiny pipelines, GenEx frames, a prepared synthetic SSv2), built once."""
     return build_env(tmp_path_factory.mktemp("bad_inputs_env"))
+
+
+def accelerate_launch(target: list, num_processes: int = 1, launch_flags=None, env=None, cwd=REPO_ROOT, timeout=600, launcher_path=()):
+    """Run `accelerate launch <launch_flags> <target>` (a script and its arguments, or `-m module ...`) as users do.
+
+    Default launch flags: one CPU process, or with `num_processes` > 1, CPU processes over gloo (DESIGN.md, "Two
+    processes on a CPU machine"). `launcher_path`: folders put on the launcher's own sys.path, not on the processes
+    it starts. Returns the CompletedProcess, stdout and stderr as text.
+    """
+    if launch_flags is None:
+        launch_flags = ["--multi_gpu", "--num_processes", str(num_processes)] if num_processes > 1 else ["--cpu", "--num_processes", "1"]
+    launcher = ["-m", "accelerate.commands.launch"]
+    if launcher_path:
+        launcher = ["-c", f"import sys; sys.path[:0] = {[str(path) for path in launcher_path]!r}; sys.argv[0] = 'accelerate-launch'; "
+                          "from accelerate.commands.launch import main; main()"]
+    command = [sys.executable, *launcher, *launch_flags, "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", *map(str, target)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **(env or {}))
+    if num_processes > 1:
+        env["ACCELERATE_USE_CPU"] = "true"
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
