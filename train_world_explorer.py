@@ -26,7 +26,7 @@ from genex.data import FrameFolderDataset
 from genex.generate import generate_video, list_images, load_rgb
 from genex.latent_cache import LatentCacheDataset, cache_fingerprint
 from genex.models import build_pipeline, device_placement, freeze_all_but_temporal_blocks, load_models, moved_to, save_final_pipeline
-from genex.step import Objective, add_objective_args, loss_of, predict
+from genex.step import Objective, add_objective_args, loss_of, objective_problem, predict
 
 logger = logging.getLogger("train_world_explorer")
 
@@ -57,8 +57,11 @@ def parse_args(argv=None):
     group.add_argument("--validation_steps", type=int, default=500, help="Validate every this many optimizer steps (and at the end).")
     group.add_argument("--validation_num_inference_steps", type=int, default=25, help="Sampling steps of validation videos.")
     args = parse_training_args(parser, argv)
-    if args.num_scl_samples < 1:
-        raise SetupError("--num_scl_samples must be at least 1")
+    problem = objective_problem(Objective.from_args(args))
+    if problem:
+        raise SetupError(problem)
+    if args.scl_num_frames is not None and not args.scl_loss:
+        raise SetupError("--scl_num_frames chooses the frames of the spherical contrastive loss: add --scl_loss, or drop it")
     if args.validation_images_folder:
         list_images(args.validation_images_folder)
     return args

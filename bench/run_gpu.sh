@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements the training-step issue asks for, on the full-size architectures with random weights
 # (no download): SVD-xt at 1024x576x25, bf16, temporal blocks only, batch 1, PyTorch SDPA attention, with and
-# without gradient checkpointing, SCL (3 samples) against none, cached latents against live encoding, 8-bit
+# without gradient checkpointing, SCL (3 samples, on all 25 frames and on 4) against none, cached latents against live encoding, 8-bit
 # Adam, the 16 GiB recipe; InstructPix2Pix at 128x128, batch 16. A run that fails (out of memory, a missing
 # package) is reported and the others go on.
 #
@@ -30,6 +30,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 run svd_no_checkpointing "${SVD[@]}"
 run svd_checkpointing "${SVD[@]}" --gradient_checkpointing
 run svd_scl3_vs_none "${SVD[@]}" --gradient_checkpointing --compare scl --num_scl_samples 3
+run svd_scl3_4_frames_vs_none "${SVD[@]}" --gradient_checkpointing --compare scl --num_scl_samples 3 --scl_num_frames 4
 run svd_cached_vs_live "${SVD[@]}" --gradient_checkpointing --compare cache
 # The 16 GiB recipe: checkpointing, 8-bit Adam, cached latents (the image encoder stays off the GPU); fits_16gib says whether it holds.
 if python -c "import bitsandbytes" 2>/dev/null; then

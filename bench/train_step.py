@@ -162,8 +162,10 @@ def resolve_args(parser, args):
         parser.error("--device meta counts the model's FLOPs and runs no optimizer or compiler: drop --compile and --use_8bit_adam")
     if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         parser.error("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
-    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1 or getattr(args, "num_scl_samples", 1) < 1:
-        parser.error("--steps, --num_scl_samples and --batch_size must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+        parser.error("--steps and --batch_size must be >= 1, --warmup >= 0")
+    if args.pipeline == "genex" and (problem := genex_step.objective_problem(genex_step.Objective.from_args(args))):
+        parser.error(problem)
     return args
 
 
@@ -541,6 +543,11 @@ def measure(args, step, configs: list[StepConfig], synchronize):
     return timer, flops, peaks, totals
 
 
+def scl_frames(args, config: StepConfig) -> int:
+    """The frames SCL decodes and encodes per clip in this configuration (--scl_num_frames, or all); 0 without SCL."""
+    return (args.scl_num_frames or args.num_frames) if config.scl else 0
+
+
 def mfu(flops: int, seconds: float, peak: float | None):
     """Model FLOP utilisation in percent, or "n/a" without a known peak."""
     if peak is None or seconds <= 0:
@@ -562,8 +569,8 @@ def result_rows(args, configs, info, timer, flops, peaks, totals) -> list[dict]:
         part_flops, recompute_counted = flops[config.name]
         unet_seconds = medians.get("unet_fwd_bwd", 0.0)
         row = {"config": config.name, "pipeline": args.pipeline, "size": size, "precision": args.mixed_precision,
-               "checkpointing": config.checkpointing, "scl_samples": args.num_scl_samples if config.scl else 0, "cached_latents": config.cached,
-               "optimizer": "adamw8bit" if args.use_8bit_adam else "adamw", "compile": args.compile}
+               "checkpointing": config.checkpointing, "scl_samples": args.num_scl_samples if config.scl else 0, "scl_frames": scl_frames(args, config),
+               "cached_latents": config.cached, "optimizer": "adamw8bit" if args.use_8bit_adam else "adamw", "compile": args.compile}
         row |= {f"{part}_ms": 1e3 * medians[part] for part in PARTS[args.pipeline] if part in medians}
         row |= {"step_ms": 1e3 * medians["compute"], "total_ms": 1e3 * totals[config.name], "samples_per_s": args.batch_size / medians["compute"],
                 "loss": statistics.mean(timer.losses[config.name])}
@@ -607,7 +614,8 @@ def count_on_meta(args, configs: list[StepConfig]) -> dict:
         # Model FLOPs, as on a real device: without the recomputation of gradient checkpointing.
         counted = dataclasses.replace(config, checkpointing=False)
         flops = timer.count_flops(lambda: work(args, models, meta_batch(args, counted, models), counted, timer, None, torch.Tensor.backward))
-        row = {"config": config.name, "pipeline": args.pipeline, "size": size_label(args), "scl_samples": args.num_scl_samples if config.scl else 0, "cached_latents": config.cached}
+        row = {"config": config.name, "pipeline": args.pipeline, "size": size_label(args), "scl_samples": args.num_scl_samples if config.scl else 0,
+               "scl_frames": scl_frames(args, config), "cached_latents": config.cached}
         row |= {f"{part}_tflop": flops.get(part, 0) / 1e12 for part in PARTS[args.pipeline] if part not in ("data", "optimizer")}
         row["step_tflop"] = sum(flops.values()) / 1e12
         row["x_first"] = row["step_tflop"] / rows[0]["step_tflop"] if rows else 1.0
@@ -633,7 +641,7 @@ def main(argv=None) -> dict:
         timer, flops, peaks, totals = measure(args, step, configs, synchronize)
     rows = result_rows(args, configs, info, timer, flops, peaks, totals)
     memory = ["peak_gpu_gib", "peak_reserved_gib"] if args.device == "cuda" else ["peak_rss_gib"]
-    columns = ["config", "size", "precision", "checkpointing", "scl_samples", "cached_latents", "optimizer"]
+    columns = ["config", "size", "precision", "checkpointing", "scl_samples", "scl_frames", "cached_latents", "optimizer"]
     columns += [f"{part}_ms" for part in PARTS[args.pipeline]] + ["step_ms", "total_ms", "samples_per_s", "x_first", "loss"] + memory
     columns += ([f"fits_{RECIPE_BUDGET_GIB:g}gib"] if args.device == "cuda" else []) + ["unet_tflop", "step_tflop", "unet_mfu_pct", "step_mfu_pct"]
     print("step_ms: one step's compute, the device synchronized around each part; data_ms: DataLoader work in the main process "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -180,9 +181,56 @@ def load_checkpoint(accelerator, path: Path, ema=None, ema_names=None, generator
     return int(json.loads((path / TRAINING_STATE).read_text())["global_step"])
 
 
+def own_copy_of(output_dir, resume_from_checkpoint: str, main_path: str) -> Path:
+    """Where this process finds the checkpoint the main process resolved to `main_path`: the same name in its own
+    --output_dir for `latest`, its own reading of the flag otherwise (each machine sees its own filesystem)."""
+    if resume_from_checkpoint == "latest":
+        return Path(output_dir) / Path(main_path).name
+    path = Path(resume_from_checkpoint)
+    return path if path.is_dir() else Path(output_dir) / resume_from_checkpoint
+
+
+def agreed_resume_checkpoint(accelerator, output_dir, resume_from_checkpoint: Optional[str]) -> Optional[Path]:
+    """The checkpoint every process resumes from: the one the main process resolves, checked to be the same one for every process.
+
+    Checkpoints are written by the main process only, so another machine sees them only when --output_dir is on a
+    filesystem they share. A process that does not see the main process's checkpoint (or sees another one under its
+    name) stops the run on every process with the same one-line error, instead of starting afresh or hanging.
+    """
+    if not resume_from_checkpoint:
+        return None
+    if accelerator.num_processes == 1:
+        return resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
+    # The main process's answer: (path, its training state) or (None, None) for a fresh start, or its error for everyone.
+    answer = [None]
+    if accelerator.is_main_process:
+        try:
+            path = resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
+            answer = [(str(path), (path / TRAINING_STATE).read_text()) if path is not None else (None, None)]
+        except (CheckpointError, OSError) as error:
+            answer = [error if isinstance(error, CheckpointError) else CheckpointError(str(error))]
+    answer = broadcast_object_list(answer)[0]
+    if isinstance(answer, CheckpointError):
+        raise answer
+    main_path, main_state = answer
+    if main_path is None:
+        return None
+    own = own_copy_of(output_dir, resume_from_checkpoint, main_path)
+    state_file = own / TRAINING_STATE
+    sees_it = state_file.is_file() and state_file.read_text() == main_state
+    blind = [index for index, ok in enumerate(gather_object([sees_it])) if not ok]
+    if blind:
+        raise CheckpointError(
+            f"{main_path}: the main process resumes from it, but process(es) {', '.join(map(str, blind))} of {accelerator.num_processes} "
+            f"do not see it (or see another checkpoint) in their --output_dir {output_dir}; checkpoints are written by the main "
+            "process only: put --output_dir on a filesystem every machine shares (README, \"Scaling out\")"
+        )
+    return own
+
+
 def resume_training(accelerator, args, steps_per_epoch: int, ema=None, ema_names=None, generator=None) -> tuple[int, int, int]:
     """Apply --resume_from_checkpoint: (global_step, first_epoch, batches to skip in that epoch); zeros for a fresh run."""
-    path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    path = agreed_resume_checkpoint(accelerator, args.output_dir, args.resume_from_checkpoint)
     if path is None:
         return 0, 0, 0
     global_step = load_checkpoint(accelerator, path, ema, ema_names, generator)

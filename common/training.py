@@ -14,7 +14,7 @@ import diffusers
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, parse_flag_from_env, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -83,6 +83,37 @@ def check_shared_args(args) -> None:
         raise SetupError("--use_8bit_adam needs bitsandbytes: pip install bitsandbytes")
 
 
+# Engines that change what the training scripts rely on, refused until a configuration of one is made to work and verified:
+# accelerate launch's flag, the variable it sets for the script, and what the engine would change without saying so.
+UNSUPPORTED_ENGINES = {
+    DistributedType.DEEPSPEED: ("--use_deepspeed", "ACCELERATE_USE_DEEPSPEED",
+                                "it steps the optimizer inside backward(), so a NaN or inf loss would update the weights and "
+                                "--max_grad_norm would be ignored, and it bypasses the checkpoints of the trainable weights"),
+    DistributedType.FSDP: ("--use_fsdp", "ACCELERATE_USE_FSDP",
+                           "it flattens the parameters, which fails on frozen weights held in another dtype, and its DTensors "
+                           "break the safetensors checkpoints and the parameters that EMA and clipping hold"),
+}
+# The memory options to use instead, as (flag, the script's argument name): a script names those it has.
+MEMORY_OPTIONS = [("--gradient_checkpointing", "gradient_checkpointing"), ("--use_8bit_adam", "use_8bit_adam"),
+                  ("--mixed_precision bf16", "mixed_precision"), ("cached latents (--latents_cache_dir)", "latents_cache_dir"),
+                  ("--scl_num_frames", "scl_num_frames")]
+
+
+def refuse_unsupported_engines(args, distributed_type=None) -> None:
+    """Stop in one line under DeepSpeed or FSDP (as `accelerate launch` sets them, or as the Accelerator found them).
+
+    Called before the Accelerator is created (which would already start the engine) and again after, with its type.
+    """
+    for engine, (flag, variable, why) in UNSUPPORTED_ENGINES.items():
+        if parse_flag_from_env(variable) or distributed_type == engine:
+            instead = ", ".join(option for option, name in MEMORY_OPTIONS if hasattr(args, name))
+            raise SetupError(
+                f"accelerate launch {flag} (distributed_type {engine.value}): not supported by this script, {why}. Supported: "
+                f"DDP on any number of GPUs and machines (accelerate launch --multi_gpu, README \"Scaling out\"); "
+                f"to save memory use {instead}"
+            )
+
+
 def flush_denormals() -> None:
     """Treat subnormal floats as zero on the CPU: tiny values from softmax and Adam otherwise slow CPU math 100x.
 
@@ -147,7 +178,9 @@ def setup_logging(accelerator, output_dir) -> None:
 
 def start_run(args, script_logger: logging.Logger):
     """The Accelerator, logging (console and train.log), the seed and TF32, before any model loads; returns the Accelerator."""
+    refuse_unsupported_engines(args)
     accelerator = create_accelerator(args)
+    refuse_unsupported_engines(args, accelerator.distributed_type)
     setup_logging(accelerator, args.output_dir)
     script_logger.info(accelerator.state)
     if args.seed is not None:

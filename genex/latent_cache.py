@@ -8,7 +8,12 @@ The conditioning frame is still encoded every step, because its noise augmentati
 Per frame folder, one safetensors file `<cache_dir>/<folder relative to base_folder>/latents.safetensors`:
 "latent_mean", "latent_std" (fp16, [N,4,h,w], unscaled) and "clip_embedding" (fp32, [N,D]) for all N
 frames, with metadata: the fingerprint of the models and resolution, and each frame file's size and mtime.
-An entry is valid only while all of these match.
+An entry is valid only while all of these match. `<cache_dir>/index.json` (the fingerprint, the resolution
+and every folder) is written last, once every entry is valid: without it the cache is incomplete.
+
+Under `accelerate launch` the folders still to encode are split between the processes (each writes its own
+entries; the main process decides the split and writes the index when all are done). A folder's entry
+depends on that folder's frames only, so any number of processes writes the same cache.
 
     python -m genex.cache_latents --pretrained_model_name_or_path ... --base_folder ./Genex-DB --width 1024 --height 576
 """
@@ -21,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
+from accelerate.utils import broadcast_object_list
 from safetensors.torch import save
 from tqdm.auto import tqdm
 
-from common.files import write_atomic
+from common.files import remove_stale_temps, write_atomic, write_json_atomic
 from common.pixels import to_model_range
 from genex.conditioning import clip_image_embedding, frame_latent_statistics, sample_latents
 from genex.data import FrameFolderDataset, find_frame_folders, load_frame
@@ -32,6 +38,7 @@ from genex.data import FrameFolderDataset, find_frame_folders, load_frame
 logger = logging.getLogger(__name__)
 
 CACHE_FILE_NAME = "latents.safetensors"
+INDEX_FILE_NAME = "index.json"
 # Hidden, so find_frame_folders (and so the frame dataset) never takes the cache for a video.
 DEFAULT_CACHE_FOLDER = ".latent_cache"
 
@@ -108,11 +115,39 @@ def encode_folder(frames, vae, image_encoder, feature_extractor, width, height, 
     return {"latent_mean": torch.cat(means), "latent_std": torch.cat(stds), "clip_embedding": torch.cat(embeddings)}
 
 
+def folders_to_encode(folders: dict, base_folder, cache_dir, fingerprint: str) -> list[str]:
+    """The frame folders that have no valid entry for `fingerprint`, relative to `base_folder`, in the order of `folders`."""
+    return [Path(folder).relative_to(base_folder).as_posix() for folder, frames in folders.items()
+            if cache_entry_problem(cache_entry_path(cache_dir, base_folder, folder), frame_stamps(frames), fingerprint) is not None]
+
+
+def process_share(items: list, process_index: int, num_processes: int) -> list:
+    """The items process `process_index` of `num_processes` handles: every num_processes-th, from its index."""
+    return items[process_index::num_processes]
+
+
+def write_cache_index(base_folder, cache_dir, folders: dict, fingerprint: str, width: int, height: int) -> Path:
+    """Check every entry, then write `<cache_dir>/index.json`: the mark that the cache is complete."""
+    for folder, frames in folders.items():
+        problem = cache_entry_problem(cache_entry_path(cache_dir, base_folder, folder), frame_stamps(frames), fingerprint)
+        if problem is not None:
+            # On several machines, an entry another machine wrote is missing here when --cache_dir is not shared.
+            raise ValueError(f"{folder}: the latent cache in {cache_dir} {problem} after every process finished "
+                             "(with several machines, --cache_dir and --base_folder must be on a filesystem they all share)")
+    index = {"fingerprint": fingerprint, "width": width, "height": height,
+             "folders": [Path(folder).relative_to(base_folder).as_posix() for folder in folders]}
+    path = Path(cache_dir) / INDEX_FILE_NAME
+    write_json_atomic(path, index)
+    return path
+
+
 def build_latent_cache(base_folder, cache_dir, vae, image_encoder, feature_extractor, width: int, height: int,
-                       device, dtype=torch.float32, chunk_size: int = 8) -> tuple[int, int]:
-    """Write a cache entry for every frame folder under `base_folder` that has no valid one; returns (written, reused).
+                       device, dtype=torch.float32, chunk_size: int = 8, processes=None) -> tuple[int, int]:
+    """Write a cache entry for every frame folder under `base_folder` that has no valid one, then the index;
+    returns (written, reused) over all processes.
 
     `vae` and `image_encoder` are taken as loaded (the fingerprint is computed first), then moved to `device` in `dtype`.
+    `processes` (an accelerate PartialState, None for one process): the folders to encode are split between them.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -120,23 +155,46 @@ def build_latent_cache(base_folder, cache_dir, vae, image_encoder, feature_extra
     if not folders:
         raise ValueError(f"{base_folder}: no folder of frame images found under it")
     fingerprint = cache_fingerprint(vae, image_encoder, feature_extractor, width, height)
+    process_index, num_processes = (processes.process_index, processes.num_processes) if processes is not None else (0, 1)
+    # The main process decides what is missing and tells the others (relative paths: each process's base folder may
+    # be its own copy), so that every folder has exactly one writer.
+    todo = None
+    if process_index == 0:
+        todo = folders_to_encode(folders, base_folder, cache_dir, fingerprint)
+        if todo:
+            # The index goes while entries change: an interrupted rebuild never looks complete.
+            (Path(cache_dir) / INDEX_FILE_NAME).unlink(missing_ok=True)
+    if num_processes > 1:
+        todo = broadcast_object_list([todo])[0]
     for module in (vae, image_encoder):
         module.requires_grad_(False).to(device)
         if module.dtype != dtype:
             module.to(dtype=dtype)
-    written = reused = 0
-    for folder, frames in tqdm(folders.items(), desc="caching latents", unit="video"):
-        path = cache_entry_path(cache_dir, base_folder, folder)
+    share = process_share(todo, process_index, num_processes)
+    logger.info("process %d of %d: %d of the %d videos to encode (%d cached already)", process_index, num_processes, len(share), len(todo),
+                len(folders) - len(todo))
+    for relative in tqdm(share, desc="caching latents", unit="video", disable=process_index != 0):
+        folder = Path(base_folder) / relative
+        frames = folders.get(folder)
+        if frames is None:
+            raise ValueError(f"{folder}: the main process has this frame folder, process {process_index} does not: "
+                             "every machine needs the same --base_folder")
         stamps = frame_stamps(frames)
-        if cache_entry_problem(path, stamps, fingerprint) is None:
-            reused += 1
-            continue
         tensors = encode_folder(frames, vae, image_encoder, feature_extractor, width, height, device, dtype, chunk_size)
         metadata = {"fingerprint": fingerprint, "frames": json.dumps(stamps), "width": str(width), "height": str(height)}
-        # Written beside the final name and renamed: an interrupted run never leaves a half entry.
+        # Written beside the final name and renamed: an interrupted run never leaves a half entry, only a temporary
+        # file that the rerun (this folder's one writer) removes.
+        path = cache_entry_path(cache_dir, base_folder, folder)
+        remove_stale_temps(path)
         write_atomic(path, save(tensors, metadata=metadata))
-        written += 1
-    logger.info("latent cache %s: %d entries written, %d reused (%s)", cache_dir, written, reused, fingerprint)
+    if processes is not None:
+        processes.wait_for_everyone()
+    written, reused = len(todo), len(folders) - len(todo)
+    if process_index == 0:
+        write_cache_index(base_folder, cache_dir, folders, fingerprint, width, height)
+        logger.info("latent cache %s: %d entries written, %d reused, by %d process(es) (%s)", cache_dir, written, reused, num_processes, fingerprint)
+    if processes is not None:
+        processes.wait_for_everyone()
     return written, reused
 
 
@@ -145,24 +203,24 @@ class LatentCacheDataset(FrameFolderDataset):
 
     Items: "latent_mean", "latent_std" [F,4,h,w] fp16 (unscaled), "clip_embedding" [D] of the window's first
     frame, "first_frame" uint8 [3,H,W] and, with `with_pixels` (for SCL), "pixel_values" uint8 [F,3,H,W].
-    Without `with_pixels` only the first frame's image file is read. Every entry is checked when the dataset
-    is built; with `fingerprint`, also that it was built by the same models at the same resolution.
+    Without `with_pixels` only the first frame's image file is read. The index and every entry are checked when
+    the dataset is built; with `fingerprint`, also that it was built by the same models at the same resolution.
     """
 
     def __init__(self, base_folder, cache_dir, num_frames: int, width: int, height: int, seed: int = 0,
                  with_pixels: bool = False, fingerprint=None):
         super().__init__(base_folder, num_frames, width, height, seed)
         self.cache_dir, self.with_pixels = Path(cache_dir), with_pixels
+        rebuild = (f"rerun python -m genex.cache_latents --base_folder {self.base_folder} --cache_dir {self.cache_dir} "
+                   f"--width {width} --height {height} with this run's --pretrained_model_name_or_path")
+        if not (self.cache_dir / INDEX_FILE_NAME).is_file():
+            raise ValueError(f"{self.cache_dir}: the latent cache is incomplete (no {INDEX_FILE_NAME}: its build did not finish); {rebuild}")
         self.entries = []
         for folder, frames in self.videos:
             path = cache_entry_path(self.cache_dir, self.base_folder, folder)
             problem = cache_entry_problem(path, frame_stamps(frames), fingerprint)
             if problem is not None:
-                raise ValueError(
-                    f"{folder}: the latent cache in {self.cache_dir} {problem}; rerun python -m genex.cache_latents "
-                    f"--base_folder {self.base_folder} --cache_dir {self.cache_dir} --width {width} --height {height} "
-                    "with this run's --pretrained_model_name_or_path"
-                )
+                raise ValueError(f"{folder}: the latent cache in {self.cache_dir} {problem}; {rebuild}")
             self.entries.append(path)
 
     def read_clip(self, index: int) -> dict:

@@ -2,6 +2,12 @@
 
 A yaw rotation of an equirectangular image is a circular shift of its columns: the left and right
 edges meet, so the shifted image is again a valid panorama.
+
+With `scl_num_frames` K (opt-in), the loss is the same loss on a clip of K frames of the clip, drawn per step
+(distinct, uniform, in temporal order, the same for prediction and target): the K latents of the x0 estimate
+are decoded as a clip of their own (in chunks of decode_chunk_size, as the whole clip is), rotated and encoded
+with the K target frames. SVD's decoder mixes the frames of one decode call in time, so a frame decoded among
+the K differs slightly from the same frame decoded among all F; with decode_chunk_size 1 they are the same.
 """
 
 import numpy as np
@@ -32,6 +38,24 @@ def sample_yaw_angles(num: int, generator=None) -> list[float]:
     """`num` yaw angles in degrees, uniform in [0, 180) as GenEx draws them."""
     device = generator.device if generator is not None else None
     return (torch.rand(num, generator=generator, device=device) * 180.0).tolist()
+
+
+def sample_scl_frames(num_frames: int, scl_num_frames, generator=None):
+    """The indices [K] (ascending) of the frames SCL sees this step, uniform without replacement; None for all frames.
+
+    Nothing is drawn when `scl_num_frames` is None or covers the clip, so the random stream is the all-frames loss's.
+    """
+    if scl_num_frames is None or scl_num_frames >= num_frames:
+        return None
+    if scl_num_frames < 1:
+        raise ValueError(f"scl_num_frames must be >= 1, got {scl_num_frames}")
+    device = generator.device if generator is not None else None
+    return torch.randperm(num_frames, generator=generator, device=device)[:scl_num_frames].sort().values
+
+
+def select_frames(x: torch.Tensor, frames) -> torch.Tensor:
+    """The frames `frames` (indices, or None for all) of a clip batch [B,F,...], in their order."""
+    return x if frames is None else x.index_select(1, frames.to(x.device))
 
 
 def checkpointed(function, x: torch.Tensor, enabled: bool = True):

@@ -3,7 +3,9 @@
     prediction = predict(batch, unet, encoders, objective, generator, dtype)     # z0, conditioning, sigma, D
     loss, logs = loss_of(prediction, encoders.vae, objective, generator, step, max_train_steps, gradient_checkpointing)
 
-Every random draw comes from `generator`, in a fixed order, so a resumed run draws what the straight
+Every random draw comes from `generator`, in a fixed order (predict: z0 or its posterior draw, the
+conditioning frame's noise level and noise, dropout, sigma, the noise; loss_of: SCL's frames when
+--scl_num_frames is below the clip length, then its yaw angles), so a resumed run draws what the straight
 run drew. `part(name)` is a context manager around each part of the work (the benchmark times or
 counts FLOPs per part); training leaves it a no-op.
 """
@@ -18,7 +20,8 @@ from common.conditioning import conditioning_dropout_masks
 from common.pixels import to_model_range
 from genex.conditioning import add_time_ids, clip_image_embedding, encode_cond_latents, encode_video_latents, fps_id_for, sample_latents
 from genex.edm import append_dims, denoise, edm_loss, sample_cond_sigma, sample_sigma
-from genex.spherical import combine_edm_scl, decode_x0, sample_yaw_angles, scl_beta_released, scl_encode, spherical_contrastive_loss
+from genex.spherical import (combine_edm_scl, decode_x0, sample_scl_frames, sample_yaw_angles, scl_beta_released, scl_encode, select_frames,
+                             spherical_contrastive_loss)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Objective:
     scl_loss: bool = False
     num_scl_samples: int = 3
     scl_beta: float | None = None
+    scl_num_frames: int | None = None
     decode_chunk_size: int = 8
 
     @classmethod
@@ -55,8 +59,20 @@ def add_objective_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num_scl_samples", type=int, default=default.num_scl_samples, help="Yaw rotations per step for the spherical contrastive loss.")
     group.add_argument("--scl_beta", type=float, default=default.scl_beta,
                        help="Constant SCL weight beta (the paper's form); default: GenEx's released schedule 0.05 -> 1 over the first half of training.")
+    group.add_argument("--scl_num_frames", type=int, default=default.scl_num_frames,
+                       help="SCL on K frames of the clip, drawn per step (the same for prediction and target; the K latents decoded as a clip "
+                            "of their own): its decode and encodes cost about K/num_frames of the full loss's. Default: every frame, the loss as specified.")
     group.add_argument("--decode_chunk_size", type=int, default=default.decode_chunk_size,
                        help="Frames per VAE call: encoding clips, SCL's decode and encodes (each chunk checkpointed with --gradient_checkpointing), validation.")
+
+
+def objective_problem(objective: Objective) -> str | None:
+    """Why the objective's flags cannot work, or None: the script and the benchmark refuse the same values."""
+    if objective.num_scl_samples < 1:
+        return "--num_scl_samples must be at least 1"
+    if objective.scl_num_frames is not None and not 1 <= objective.scl_num_frames <= objective.num_frames:
+        return f"--scl_num_frames {objective.scl_num_frames} must be between 1 and --num_frames {objective.num_frames}"
+    return None
 
 
 @dataclasses.dataclass
@@ -121,14 +137,15 @@ def loss_of(prediction: Prediction, vae, objective: Objective, generator, step: 
     loss_edm = edm_loss(D, z0, sigma)
     if not objective.scl_loss:
         return loss_edm, {"loss_edm": loss_edm.detach()}
-    # Spherical contrastive loss on the decoded x0 estimate, rotated in yaw.
-    x_pred = decode_x0(vae, D.to(vae.dtype), objective.decode_chunk_size, gradient_checkpointing)
+    # Spherical contrastive loss on the decoded x0 estimate (of all frames, or of --scl_num_frames of them), rotated in yaw.
+    frames = sample_scl_frames(D.shape[1], objective.scl_num_frames, generator)
+    x_pred = decode_x0(vae, select_frames(D, frames).to(vae.dtype), objective.decode_chunk_size, gradient_checkpointing)
     thetas = sample_yaw_angles(objective.num_scl_samples, generator)
 
     def encode(pixels):
         return scl_encode(vae, pixels, objective.decode_chunk_size, gradient_checkpointing)
 
-    loss_scl = spherical_contrastive_loss(x_pred, prediction.frames, sigma, thetas, encode)
+    loss_scl = spherical_contrastive_loss(x_pred, select_frames(prediction.frames, frames), sigma, thetas, encode)
     beta = objective.scl_beta if objective.scl_beta is not None else scl_beta_released(step, max_train_steps)
     loss, beta_used = combine_edm_scl(loss_edm, loss_scl, beta)
     return loss, {"loss_edm": loss_edm.detach(), "loss_scl": loss_scl.detach(), "scl_beta": beta_used}

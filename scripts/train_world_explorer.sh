@@ -3,7 +3,8 @@
 # variable, e.g.  BASE_FOLDER=./Genex-DB/realistic MAX_TRAIN_STEPS=2000 bash scripts/train_world_explorer.sh
 # Extra arguments are passed on to the script, e.g. --use_ema --gradient_checkpointing.
 # LATENTS_CACHE_DIR=<dir> first caches the VAE posteriors and CLIP embeddings of the frames there
-# (python -m genex.cache_latents; a rerun encodes only what changed) and trains from them.
+# (python -m genex.cache_latents under the same accelerate launch, the videos split between the GPUs;
+# a rerun encodes only what changed) and trains from them.
 # COMPILE=1 adds --compile (torch.compile of the UNet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +54,7 @@ args=(
 case "$SCL_LOSS" in 1|true|True) args+=(--scl_loss --num_scl_samples="$NUM_SCL_SAMPLES");; esac
 case "$COMPILE" in 1|true|True) args+=(--compile);; esac
 if [ -n "$LATENTS_CACHE_DIR" ]; then
-  python -m genex.cache_latents --pretrained_model_name_or_path="$MODEL_NAME" --base_folder="$BASE_FOLDER" \
+  accelerate launch --config_file "$CONFIG_FILE" -m genex.cache_latents --pretrained_model_name_or_path="$MODEL_NAME" --base_folder="$BASE_FOLDER" \
     --cache_dir="$LATENTS_CACHE_DIR" --width="$WIDTH" --height="$HEIGHT" --mixed_precision="$MIXED_PRECISION"
   args+=(--latents_cache_dir="$LATENTS_CACHE_DIR")
 fi

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,3 +52,24 @@ def one_line_error(main, argv, capsys) -> str:
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and errors[0] == lines[-1], lines
     return errors[0]
+
+
+def accelerate_launch(target: list, num_processes: int = 1, launch_flags=None, env=None, cwd=REPO_ROOT, timeout=600, launcher_path=()):
+    """Run `accelerate launch <launch_flags> <target>` (a script and its arguments, or `-m module ...`) as users do.
+
+    Default launch flags: one CPU process, or with `num_processes` > 1, CPU processes over gloo (DESIGN.md, "Two
+    processes on a CPU machine"). `launcher_path`: folders put on the launcher's own sys.path, not on the processes
+    it starts. Returns the CompletedProcess, stdout and stderr as text.
+    """
+    if launch_flags is None:
+        launch_flags = ["--multi_gpu", "--num_processes", str(num_processes)] if num_processes > 1 else ["--cpu", "--num_processes", "1"]
+    launcher = ["-m", "accelerate.commands.launch"]
+    if launcher_path:
+        launcher = ["-c", f"import sys; sys.path[:0] = {[str(path) for path in launcher_path]!r}; sys.argv[0] = 'accelerate-launch'; "
+                          "from accelerate.commands.launch import main; main()"]
+    command = [sys.executable, *launcher, *launch_flags, "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", *map(str, target)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **(env or {}))
+    if num_processes > 1:
+        env["ACCELERATE_USE_CPU"] = "true"
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

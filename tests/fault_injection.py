@@ -6,6 +6,8 @@ Environment variables choose the faults:
   FAULT_NAN_LOSS_CALLS=3,4   the loss of these training loss calls (0-based, one per micro-step) is NaN
   FAULT_PAUSE_AT_LOSS_CALL=5 at this loss call, write FAULT_MARKER and wait there to be killed
   FAULT_PAUSE_IN_SAVE=4      while writing checkpoint 4 (files partly written), write FAULT_MARKER and wait to be killed
+  FAULT_CWD_OF_RANK_1=<dir>  process 1 of an `accelerate launch` works in <dir>: relative paths (--output_dir) name
+                             another folder for it than for process 0, as on a machine that does not share the disk
 """
 
 import os
@@ -71,5 +73,7 @@ def install_faults(script: str) -> None:
 if __name__ == "__main__":
     script = sys.argv[1]
     install_faults(Path(script).name)
+    if os.environ.get("FAULT_CWD_OF_RANK_1") and os.environ.get("RANK") == "1":
+        os.chdir(os.environ["FAULT_CWD_OF_RANK_1"])
     sys.argv = sys.argv[1:]
     runpy.run_path(str(REPO_ROOT / script), run_name="__main__")

@@ -74,6 +74,8 @@ def test_genex_cached_latents_with_scl(capsys):
     (["--pipeline", "pecn", "--tiny", "--width", "32", "--height", "64"], "PECN trains square images"),
     (["--pipeline", "genex", "--tiny", "--full"], "not allowed with argument"),
     (["--pipeline", "genex", "--tiny", "--device", "meta", "--compile"], "runs no optimizer or compiler"),
+    (["--pipeline", "genex", "--tiny", "--scl_loss", "--scl_num_frames", "5"], "--scl_num_frames 5 must be between 1 and --num_frames 4"),
+    (["--pipeline", "pecn", "--tiny", "--scl_num_frames", "2"], "unrecognized arguments: --scl_num_frames"),
 ])
 def test_refused_flags(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -107,6 +109,23 @@ def test_the_bench_runs_the_scripts_objective_with_its_options(capsys, pipeline,
     runs = [run_bench(capsys, "--pipeline", pipeline, "--tiny", "--steps", "2", *extra)[1]["rows"][0] for extra in ([], [], option)]
     assert runs[0]["loss"] == runs[1]["loss"] and runs[0]["step_tflop"] == runs[1]["step_tflop"]
     assert runs[2]["loss"] != runs[0]["loss"]
+
+
+def test_scl_on_k_frames_counts_k_over_f_of_the_scl_flops_and_k_equal_to_the_clip_is_the_default_loss(capsys):
+    def row(*extra):
+        return run_bench(capsys, "--pipeline", "genex", "--tiny", "--scl_loss", *extra)[1]["rows"][0]
+
+    # Counted on the meta device, 8 frames: SCL's decode and encodes scale with the frames they see, nothing else changes.
+    counts = {k: row("--num_frames", "8", "--device", "meta", *(["--scl_num_frames", str(k)] if k else [])) for k in (None, 8, 4, 2, 1)}
+    every = counts[None]
+    assert every["scl_frames"] == counts[8]["scl_frames"] == 8 and counts[8]["scl_tflop"] == every["scl_tflop"] > 0
+    for k in (4, 2, 1):
+        assert counts[k]["scl_frames"] == k and counts[k]["scl_tflop"] == pytest.approx(every["scl_tflop"] * k / 8, rel=1e-9)
+        assert counts[k]["unet_fwd_bwd_tflop"] == every["unet_fwd_bwd_tflop"] and counts[k]["vae_encode_tflop"] == every["vae_encode_tflop"]
+    # Real CPU steps of the tiny 4-frame clip: K = 4 is the default loss, K = 2 another.
+    default, all_four, two = row("--steps", "2"), row("--steps", "2", "--scl_num_frames", "4"), row("--steps", "2", "--scl_num_frames", "2")
+    assert default["loss"] == all_four["loss"] and two["loss"] != default["loss"]
+    assert two["step_tflop"] < default["step_tflop"] == all_four["step_tflop"]
 
 
 def test_mfu_is_flops_over_time_and_peak():

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, accelerate_launch
 from common.pixels import to_model_range
 from genex.conditioning import clip_image_embedding, encode_video_latents, frame_latent_statistics, sample_latents
 from genex.data import FrameFolderDataset, load_frame
-from genex.latent_cache import LatentCacheDataset, build_latent_cache, cache_entry_path, cache_fingerprint, default_cache_dir
+from genex.latent_cache import (CACHE_FILE_NAME, INDEX_FILE_NAME, LatentCacheDataset, build_latent_cache, cache_entry_path, cache_fingerprint,
+                                default_cache_dir)
 from genex.synthetic import render_forward_video
 from genex.tiny import build_tiny_svd_pipeline, save_tiny_svd_pipeline
 
@@ -180,3 +182,61 @@ def test_cli_writes_the_default_hidden_cache_and_reuses_it(tmp_path):
     assert (base / ".latent_cache" / "realistic" / "video_00000" / "latents.safetensors").is_file()
     again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "0 videos encoded, 1 already cached" in again.stdout
+
+
+def cache_contents(cache_dir: Path) -> dict:
+    """Every file of a cache: entries as (tensors, metadata), the index as its bytes."""
+    contents = {}
+    for path in sorted(cache_dir.rglob("*")):
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                contents[path.relative_to(cache_dir).as_posix()] = ({key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata())
+        elif path.is_file():
+            contents[path.relative_to(cache_dir).as_posix()] = path.read_bytes()
+    return contents
+
+
+def assert_same_cache(a: Path, b: Path) -> None:
+    """Tensor for tensor, metadata for metadata (safetensors writes metadata keys in any order) and index byte for byte."""
+    first, second = cache_contents(a), cache_contents(b)
+    assert first.keys() == second.keys() and any(name.endswith(CACHE_FILE_NAME) for name in first)
+    for name, value in first.items():
+        if isinstance(value, bytes):
+            assert value == second[name], name
+        else:
+            (tensors, metadata), (other_tensors, other_metadata) = value, second[name]
+            assert metadata == other_metadata and tensors.keys() == other_tensors.keys(), name
+            assert all(torch.equal(tensors[key], other_tensors[key]) for key in tensors), name
+
+
+def test_two_processes_write_the_one_process_cache_and_a_rerun_finishes_what_is_missing(tmp_path):
+    base = write_videos(tmp_path / "frames", lengths=(3, 4, 3))
+    model = save_tiny_svd_pipeline(tmp_path / "tiny_svd")
+    command = ["-m", "genex.cache_latents", f"--pretrained_model_name_or_path={model}", f"--base_folder={base}",
+               f"--width={WIDTH}", f"--height={HEIGHT}", "--chunk_size=2"]
+    one = subprocess.run([sys.executable, *command, f"--cache_dir={tmp_path / 'one'}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT)), timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    two = accelerate_launch([*command, f"--cache_dir={tmp_path / 'two'}"], num_processes=2)
+    output = two.stdout + two.stderr
+    assert two.returncode == 0, output[-3000:]
+    # Each process encoded its own share; the main process wrote the index once all were done.
+    assert "process 0 of 2: 2 of the 3 videos to encode" in output and "process 1 of 2: 1 of the 3 videos to encode" in output
+    assert output.count("3 videos encoded, 0 already cached, by 2 process(es)") == 1
+    assert_same_cache(tmp_path / "one", tmp_path / "two")
+
+    # As a killed run leaves it: the index not yet written, an entry not yet renamed into place.
+    (tmp_path / "two" / INDEX_FILE_NAME).unlink()
+    missing = tmp_path / "two" / "realistic" / "video_00001" / CACHE_FILE_NAME
+    missing.rename(missing.with_name(f".{CACHE_FILE_NAME}.x1y2.tmp"))
+    kept = {path: path.stat().st_mtime_ns for path in (tmp_path / "two").rglob(CACHE_FILE_NAME)}
+    with pytest.raises(ValueError, match=r"the latent cache is incomplete \(no index.json"):
+        LatentCacheDataset(base, tmp_path / "two", 3, WIDTH, HEIGHT)
+    again = accelerate_launch([*command, f"--cache_dir={tmp_path / 'two'}"], num_processes=2)
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    assert "1 videos encoded, 2 already cached, by 2 process(es)" in output and "process 1 of 2: 0 of the 1 videos to encode" in output
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in kept.items())  # finished entries were not rewritten
+    assert not list((tmp_path / "two").rglob("*.tmp"))
+    assert_same_cache(tmp_path / "one", tmp_path / "two")

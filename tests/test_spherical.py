@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from genex.edm import edm_loss
 from genex.spherical import (
     combine_edm_scl,
     decode_x0,
     rotate_yaw,
+    sample_scl_frames,
     sample_yaw_angles,
     scl_beta_released,
     spherical_contrastive_loss,
     yaw_shift_pixels,
 )
+from genex.step import Objective, Prediction, loss_of
 from genex.tiny import build_tiny_svd_pipeline
 
 
@@ -214,3 +217,97 @@ def test_scl_vae_chunks_are_checkpointed_and_give_the_plain_gradients(pipe):
     torch.testing.assert_close(grads[True], reference.grad, rtol=1e-4, atol=1e-7)
     with torch.no_grad():
         torch.testing.assert_close(scl_encode(vae, rotate_yaw(pixels, 45.0), chunk_size=5).flatten(0, 1), encoded, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_scl_frames_draws_k_distinct_frames_uniformly_and_nothing_for_the_whole_clip():
+    generator = torch.Generator().manual_seed(5)
+    for k in (None, 6, 9):
+        state = generator.get_state()
+        assert sample_scl_frames(6, k, generator) is None
+        assert torch.equal(generator.get_state(), state)  # the all-frames loss draws what it drew before the option
+    frames = sample_scl_frames(6, 3, torch.Generator().manual_seed(5))
+    assert torch.equal(frames, sample_scl_frames(6, 3, torch.Generator().manual_seed(5)))
+    counts = torch.zeros(6)
+    for _ in range(6000):
+        frames = sample_scl_frames(6, 2, generator)
+        assert frames.shape == (2,) and frames[0] < frames[1] and 0 <= frames.min() and frames.max() < 6
+        counts[frames] += 1
+    # Each frame is drawn with probability K/F = 1/3: 2000 of 6000 steps, binomial std 37.
+    assert (counts - 2000).abs().max() < 150
+    with pytest.raises(ValueError, match="scl_num_frames"):
+        sample_scl_frames(6, 0, generator)
+
+
+def scl_prediction(num_frames=4, seed=6):
+    """A Prediction of the tiny SVD's shapes: D [2,F,4,8,8] needing a gradient, z0, sigma, target frames [2,F,3,16,16]."""
+    generator = torch.Generator().manual_seed(seed)
+    D = torch.randn(2, num_frames, 4, 8, 8, generator=generator).requires_grad_()
+    z0 = D.detach() + 0.3 * torch.randn(2, num_frames, 4, 8, 8, generator=generator)
+    frames = torch.rand(2, num_frames, 3, 16, 16, generator=generator) * 2 - 1
+    return Prediction(D, z0, torch.tensor([0.8, 2.0]), frames)
+
+
+def scl_loss_of(pipe, prediction, seed, **options):
+    """loss_of with SCL at a constant beta 0.5; (loss, logs, D's gradient, the generator's state afterwards)."""
+    generator = torch.Generator().manual_seed(seed)
+    objective = Objective(num_frames=prediction.D.shape[1], scl_loss=True, num_scl_samples=2, scl_beta=0.5, **options)
+    loss, logs = loss_of(prediction, pipe.vae, objective, generator, step=0, max_train_steps=10)
+    (grad,) = torch.autograd.grad(loss, prediction.D)
+    return loss, logs, grad, generator.get_state()
+
+
+def test_scl_num_frames_equal_to_the_clip_is_the_default_loss_bit_for_bit(pipe):
+    prediction = scl_prediction()
+    default, every = scl_loss_of(pipe, prediction, seed=7), scl_loss_of(pipe, prediction, seed=7, scl_num_frames=4)
+    assert default[1]["scl_beta"] == 0.5  # SCL is in the loss and its gradient
+    assert torch.equal(default[0], every[0]) and torch.equal(default[1]["loss_scl"], every[1]["loss_scl"])
+    assert torch.equal(default[2], every[2]) and torch.equal(default[3], every[3])
+
+
+def test_scl_on_k_frames_is_the_loss_of_those_frames_alone(pipe):
+    """With K < F, L_scl is the loss of the clip made of the K drawn frames; the gradient reaches only their latents."""
+    prediction = scl_prediction(num_frames=5)
+    loss, logs, grad, _ = scl_loss_of(pipe, prediction, seed=8, scl_num_frames=2)
+    assert logs["scl_beta"] == 0.5
+    # The same generator draws the frames, then the angles: the reference draws the frames, then runs the
+    # all-frames loss on a prediction that holds only those frames.
+    generator = torch.Generator().manual_seed(8)
+    frames = sample_scl_frames(5, 2, generator)
+    alone = Prediction(prediction.D[:, frames], prediction.z0[:, frames], prediction.sigma, prediction.frames[:, frames])
+    _, reference = loss_of(alone, pipe.vae, Objective(num_frames=2, scl_loss=True, num_scl_samples=2, scl_beta=0.5), generator, 0, 10)
+    assert torch.equal(logs["loss_scl"], reference["loss_scl"])
+    (edm_grad,) = torch.autograd.grad(0.5 * edm_loss(prediction.D, prediction.z0, prediction.sigma), prediction.D)
+    others = [f for f in range(5) if f not in frames.tolist()]
+    assert torch.equal(grad[:, others], edm_grad[:, others])
+    assert not torch.allclose(grad[:, frames], edm_grad[:, frames])
+
+
+def test_k_frames_are_decoded_as_a_clip_of_their_own(pipe):
+    """What "decode K frames" means for SVD's temporal decoder, against the loss written out with plain VAE calls."""
+    prediction = scl_prediction(num_frames=4)
+    scaling = pipe.vae.config.scaling_factor
+    generator = torch.Generator().manual_seed(9)
+    frames, thetas = sample_scl_frames(4, 2, generator).tolist(), sample_yaw_angles(2, generator)
+    weight = ((1 + prediction.sigma**2) / prediction.sigma**2).view(2, 1, 1, 1, 1)
+
+    @torch.no_grad()
+    def reference_scl(decode_calls):
+        # decode_calls: the groups of the drawn frames that one decoder call sees together.
+        decoded = torch.stack([torch.cat([pipe.vae.decode(video[group] / scaling, num_frames=len(group)).sample for group in decode_calls])
+                               for video in prediction.D.detach()])
+
+        def encode(x, theta):
+            return pipe.vae.encode(rotate_yaw(x, theta).flatten(0, 1)).latent_dist.mode().unflatten(0, x.shape[:2]) * scaling
+
+        return torch.stack([(weight * (encode(decoded, theta) - encode(prediction.frames[:, frames], theta)) ** 2).mean() for theta in thetas]).mean()
+
+    # The K latents go through the decoder as one clip (in chunks of decode_chunk_size, as the whole clip does).
+    for decode_chunk_size, calls in ((8, [frames]), (1, [[frame] for frame in frames])):
+        _, logs, _, _ = scl_loss_of(pipe, prediction, seed=9, scl_num_frames=2, decode_chunk_size=decode_chunk_size)
+        torch.testing.assert_close(logs["loss_scl"], reference_scl(calls), rtol=1e-5, atol=1e-7)
+    # The decoder mixes the frames of a call: the two frames decoded among all four are other pixels (other than with
+    # --decode_chunk_size 1, where each frame is decoded alone either way).
+    with torch.no_grad():
+        among_all = decode_x0(pipe.vae, prediction.D.detach(), decode_chunk_size=8)[:, frames]
+        alone = decode_x0(pipe.vae, prediction.D.detach()[:, frames], decode_chunk_size=8)
+    assert (among_all - alone).abs().max() > 1e-2

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,24 +14,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, accelerate_launch
 from genex.synthetic import render_forward_video, write_validation_panoramas
 from genex.tiny import save_tiny_svd_pipeline
 
 WIDTH, HEIGHT, NUM_FRAMES = 64, 32, 4
 
 
-def accelerate_launch(script_args, num_processes=1, timeout=600):
-    """Run the training script the way users do; returns the combined output (fails the test on error)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
-    if num_processes > 1:
-        env["ACCELERATE_USE_CPU"] = "true"
-        launch = ["--multi_gpu", "--num_processes", str(num_processes)]
-    else:
-        launch = ["--cpu", "--num_processes", "1"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", str(REPO_ROOT / "train_world_explorer.py"), *script_args]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def train(script_args, num_processes=1, script=REPO_ROOT / "train_world_explorer.py", **launch):
+    """Run the training script through `accelerate launch`, the way users do; returns the combined output (fails the test on error)."""
+    result = accelerate_launch([script, *script_args], num_processes, **launch)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
@@ -63,7 +56,7 @@ def base_args(setup, output_dir, max_train_steps, *extra):
 def trained(setup):
     """4 steps with SCL, EMA, accumulation, checkpoint rotation and validation at step 2 and the end."""
     output_dir = setup["root"] / "run"
-    log = accelerate_launch(base_args(
+    log = train(base_args(
         setup, output_dir, 4, "--gradient_accumulation_steps=2", "--checkpointing_steps=2", "--checkpoints_total_limit=1",
         "--validation_steps=2", f"--validation_images_folder={setup['validation']}", "--num_validation_images=1",
         "--validation_num_inference_steps=2", "--scl_loss", "--num_scl_samples=2", "--use_ema", "--max_grad_norm=1.0",
@@ -143,7 +136,7 @@ def test_final_folder_is_an_svd_pipeline_with_frozen_weights_unchanged(trained, 
 def straight(setup):
     """4 plain steps from the frames."""
     output_dir = setup["root"] / "straight"
-    accelerate_launch(base_args(setup, output_dir, 4, "--checkpointing_steps=2"))
+    train(base_args(setup, output_dir, 4, "--checkpointing_steps=2"))
     return output_dir
 
 
@@ -157,23 +150,39 @@ def scalars(output_dir, tag):
 def test_resume_from_latest_continues_the_run(setup, straight):
     """A 2-step run resumed to 4 steps ends bit for bit where a straight 4-step run ends."""
     resumed = setup["root"] / "resumed"
-    accelerate_launch(base_args(setup, resumed, 2, "--checkpointing_steps=2"))
-    log = accelerate_launch(base_args(setup, resumed, 4, "--checkpointing_steps=2", "--resume_from_checkpoint=latest"))
+    train(base_args(setup, resumed, 2, "--checkpointing_steps=2"))
+    log = train(base_args(setup, resumed, 4, "--checkpointing_steps=2", "--resume_from_checkpoint=latest"))
     assert "Resumed from" in log and "checkpoint-2 at step 2" in log
     a = load_file(str(straight / "checkpoint-4" / "0_trainable_weights.safetensors"))
     b = load_file(str(resumed / "checkpoint-4" / "0_trainable_weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cached_latents_make_the_same_draws_as_the_frames(setup, straight):
+def build_cache(setup, cache_dir, num_processes=1) -> str:
+    """python -m genex.cache_latents over the frames: as one plain process, or through accelerate launch; returns its output."""
+    command = ["-m", "genex.cache_latents", f"--pretrained_model_name_or_path={setup['model']}", f"--base_folder={setup['frames']}",
+               f"--cache_dir={cache_dir}", f"--width={WIDTH}", f"--height={HEIGHT}"]
+    if num_processes > 1:
+        result = accelerate_launch(command, num_processes)
+    else:
+        result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT)),
+                                capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def cached_run(setup):
+    """2 steps from the latent cache that one process built; returns (cache folder, output folder)."""
+    cache_dir, output_dir = setup["root"] / "latent_cache", setup["root"] / "cached"
+    build_cache(setup, cache_dir)
+    train(base_args(setup, output_dir, 2, "--checkpointing_steps=100", f"--latents_cache_dir={cache_dir}"))
+    return cache_dir, output_dir
+
+
+def test_cached_latents_make_the_same_draws_as_the_frames(setup, straight, cached_run):
     """With --latents_cache_dir the run draws the same z0 and noise as from the frames: equal losses up to fp16 rounding."""
-    cache_dir = setup["root"] / "latent_cache"
-    result = subprocess.run([sys.executable, "-m", "genex.cache_latents", f"--pretrained_model_name_or_path={setup['model']}",
-                             f"--base_folder={setup['frames']}", f"--cache_dir={cache_dir}", f"--width={WIDTH}", f"--height={HEIGHT}"],
-                            cwd=REPO_ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    output_dir = setup["root"] / "cached"
-    accelerate_launch(base_args(setup, output_dir, 2, "--checkpointing_steps=100", f"--latents_cache_dir={cache_dir}"))
+    cache_dir, output_dir = cached_run
     cached, frames = scalars(output_dir, "loss_edm"), scalars(straight, "loss_edm")[:2]
     assert [step for step, _ in cached] == [step for step, _ in frames] == [1, 2]
     for (_, a), (_, b) in zip(cached, frames):
@@ -186,9 +195,27 @@ def test_cached_latents_make_the_same_draws_as_the_frames(setup, straight):
     assert "this run needs" in refused.stderr and "python -m genex.cache_latents" in refused.stderr
 
 
-def test_two_processes_keep_weights_in_sync(setup):
+def test_a_cache_built_by_two_processes_trains_as_the_one_process_cache(setup, cached_run):
+    """The cache of a 2-process accelerate launch gives the training of the 1-process cache: same losses, same weights, bit for bit."""
+    one_cache, one_run = cached_run
+    two_cache, two_run = setup["root"] / "latent_cache_two_processes", setup["root"] / "cached_two_processes"
+    assert "by 2 process(es)" in build_cache(setup, two_cache, num_processes=2)
+    train(base_args(setup, two_run, 2, "--checkpointing_steps=100", f"--latents_cache_dir={two_cache}"))
+    for tag in ("loss", "loss_edm"):
+        assert scalars(two_run, tag) == scalars(one_run, tag) and len(scalars(one_run, tag)) == 2
+    weights = [load_file(str(run / "unet" / "diffusion_pytorch_model.safetensors")) for run in (one_run, two_run)]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.fixture(scope="module")
+def ddp_run(setup):
+    """4 steps on two CPU processes over gloo, a checkpoint every 2; returns (output folder, log)."""
     output_dir = setup["root"] / "ddp"
-    log = accelerate_launch(base_args(setup, output_dir, 2, "--checkpointing_steps=100"), num_processes=2)
+    return output_dir, train(base_args(setup, output_dir, 4, "--checkpointing_steps=2"), num_processes=2)
+
+
+def test_two_processes_keep_weights_in_sync(ddp_run):
+    output_dir, log = ddp_run
     assert "MULTI_CPU" in log and "Num processes: 2" in log
     checksums = re.search(r"trainable weight checksum per process: \[([^\]]+)\]", log).group(1).split(",")
     assert len(checksums) == 2 and float(checksums[0]) == float(checksums[1])
@@ -196,7 +223,80 @@ def test_two_processes_keep_weights_in_sync(setup):
     # Each log line once, from the main process; train.log has the loss of every optimizer step.
     assert log.count("optimizer steps, batch 1 x 2 processes") == 1 and log.count("Saved the trained pipeline") == 1
     steps = [line for line in (output_dir / "train.log").read_text().splitlines() if " - train.steps - " in line]
-    assert [line.split("step ", 1)[1].split(":")[0] for line in steps] == ["1/2", "2/2"] and all(" loss " in line for line in steps)
+    assert [line.split("step ", 1)[1].split(":")[0] for line in steps] == ["1/4", "2/4", "3/4", "4/4"] and all(" loss " in line for line in steps)
+
+
+def checkpoint_files(folder: Path) -> dict:
+    """What a resumed run continues from, per file: weights and each process's generator (safetensors), optimizer and schedule."""
+    state = {name: load_file(str(folder / name)) for name in ("0_trainable_weights.safetensors", "generator_state_0.safetensors",
+                                                               "generator_state_1.safetensors")}
+    state |= {name: torch.load(folder / name, weights_only=True) for name in ("optimizer.bin", "scheduler.bin")}
+    return state
+
+
+def test_two_processes_resume_from_the_shared_output_folder(setup, ddp_run):
+    """Resumed from the 2-process run's checkpoint-2, two processes reach its checkpoint-4 bit for bit."""
+    output_dir, _ = ddp_run
+    resumed = setup["root"] / "ddp_resumed"
+    log = train(base_args(setup, resumed, 4, "--checkpointing_steps=2", f"--resume_from_checkpoint={output_dir / 'checkpoint-2'}"), num_processes=2)
+    assert "checkpoint-2 at step 2" in log
+    straight, again = checkpoint_files(output_dir / "checkpoint-4"), checkpoint_files(resumed / "checkpoint-4")
+    for name in ("0_trainable_weights.safetensors", "generator_state_0.safetensors", "generator_state_1.safetensors"):
+        assert straight[name].keys() == again[name].keys() and all(torch.equal(straight[name][k], again[name][k]) for k in straight[name]), name
+    assert straight["scheduler.bin"]["last_epoch"] == again["scheduler.bin"]["last_epoch"]
+    for index, param_state in straight["optimizer.bin"]["state"].items():
+        assert all(torch.equal(torch.as_tensor(value), torch.as_tensor(again["optimizer.bin"]["state"][index][key])) for key, value in param_state.items())
+
+
+def test_a_checkpoint_another_process_cannot_see_stops_every_process_in_one_line(setup, ddp_run):
+    """Process 1 works in another folder (tests/fault_injection.py), so the relative --output_dir that holds the main process's
+    checkpoints is, for it, an empty folder: as on a second machine whose disk is not shared."""
+    output_dir, _ = ddp_run
+    shared, elsewhere = setup["root"] / "blind" / "main_machine", setup["root"] / "blind" / "other_machine"
+    shutil.copytree(output_dir, shared / "ddp")
+    elsewhere.mkdir(parents=True)
+    args = base_args(setup, "ddp", 6, "--checkpointing_steps=2", "--resume_from_checkpoint=latest")
+    result = accelerate_launch([REPO_ROOT / "tests" / "fault_injection.py", "train_world_explorer.py", *args], num_processes=2, cwd=shared,
+                               env={"FAULT_CWD_OF_RANK_1": str(elsewhere)})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    # Every process stops with the same line (accelerate's launcher then reports the failed processes in its own words).
+    assert len(errors) == 2 and errors[0] == errors[1], output[-4000:]
+    assert "checkpoint-4: the main process resumes from it, but process(es) 1 of 2 do not see it" in errors[0]
+    assert "a filesystem every machine shares" in errors[0]
+    assert f'File "{REPO_ROOT}' not in output  # no traceback from the script's processes
+    assert not (elsewhere / "ddp").exists() or not list((elsewhere / "ddp").glob("checkpoint-*"))
+    assert sorted(p.name for p in (shared / "ddp").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def checkpoint_tensors(folder: Path) -> dict:
+    """The trainable weights and the generator of a 1-process checkpoint."""
+    return {f"{name}/{key}": value for name in ("0_trainable_weights", "generator_state_0")
+            for key, value in load_file(str(folder / f"{name}.safetensors")).items()}
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_scl_num_frames_equal_to_the_clip_reproduces_the_default_run_and_fewer_frames_resume_exactly(setup):
+    scl = ["--scl_loss", "--num_scl_samples=1", "--checkpointing_steps=2"]
+    runs = {name: setup["root"] / f"scl_frames_{name}" for name in ("default", "all", "two", "two_resumed")}
+    train(base_args(setup, runs["default"], 2, *scl))
+    train(base_args(setup, runs["all"], 2, *scl, f"--scl_num_frames={NUM_FRAMES}"))
+    train(base_args(setup, runs["two"], 4, *scl, "--scl_num_frames=2"))
+    log = train(base_args(setup, runs["two_resumed"], 4, *scl, "--scl_num_frames=2", f"--resume_from_checkpoint={runs['two'] / 'checkpoint-2'}"))
+    assert "checkpoint-2 at step 2" in log
+    default, every = (checkpoint_tensors(runs[name] / "checkpoint-2") for name in ("default", "all"))
+    assert same_tensors(default, every)
+    assert scalars(runs["default"], "loss") == scalars(runs["all"], "loss")
+    # Two of the four frames: other draws (the frames come from the run's generator), another loss, and a resume that
+    # continues those draws bit for bit.
+    two = checkpoint_tensors(runs["two"] / "checkpoint-2")
+    assert not torch.equal(two["generator_state_0/state"], default["generator_state_0/state"])
+    assert scalars(runs["two"], "loss_scl")[0] != scalars(runs["default"], "loss_scl")[0]
+    assert same_tensors(checkpoint_tensors(runs["two"] / "checkpoint-4"), checkpoint_tensors(runs["two_resumed"] / "checkpoint-4"))
 
 
 def test_sampler_writes_video_at_the_panorama_aspect(trained, setup, tmp_path):
@@ -219,6 +319,8 @@ def test_sampler_writes_video_at_the_panorama_aspect(trained, setup, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--validation_images_folder=/nonexistent/panoramas"], "validation images folder does not exist"),
     (["--num_scl_samples=0"], "--num_scl_samples"),
+    ([f"--scl_num_frames={NUM_FRAMES + 1}", "--scl_loss"], f"--scl_num_frames {NUM_FRAMES + 1} must be between 1 and --num_frames {NUM_FRAMES}"),
+    (["--scl_num_frames=2"], "--scl_num_frames chooses the frames of the spherical contrastive loss: add --scl_loss"),
     (["--pretrained_model_name_or_path=./missing/svd"], "folder does not exist"),
     (["--width=66"], "must be multiples of"),
 ])
@@ -242,7 +344,7 @@ def test_xformers_requested_but_missing_is_a_clear_error(setup, tmp_path):
 def test_bf16_mixed_precision_keeps_frozen_weights_exact(setup):
     """Frozen modules are held in bf16 during training; the saved model still has the base's fp32 values."""
     output_dir = setup["root"] / "bf16"
-    accelerate_launch(base_args(setup, output_dir, 1, "--checkpointing_steps=100", "--scl_loss", "--num_scl_samples=1",
+    train(base_args(setup, output_dir, 1, "--checkpointing_steps=100", "--scl_loss", "--num_scl_samples=1",
                                 f"--validation_images_folder={setup['validation']}", "--validation_num_inference_steps=2")
                       + ["--mixed_precision=bf16"])
     trained_unet = load_file(str(output_dir / "unet" / "diffusion_pytorch_model.safetensors"))
