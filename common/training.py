@@ -53,7 +53,7 @@ def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("checkpoints and logging")
     group.add_argument("--output_dir", type=str, required=True, help="Where checkpoints, validation outputs, logs and the final pipeline go.")
     group.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint-<step>/ every this many optimizer steps.")
-    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints (oldest removed after the new one is complete).")
+    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints of this run (its oldest removed after the new one is complete; another run's are never counted or removed).")
     group.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest" for the newest in --output_dir (a fresh start if there is none).')
     group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
     group.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir.")
@@ -243,14 +243,14 @@ def prepare_training(accelerator, args, model, params: list, dataloader, batch_s
         ema.to(accelerator.device)
     register_trainable_weights_hooks(accelerator)
     init_trackers(accelerator, project, args)
-    global_step, first_epoch, batches_to_skip = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
+    global_step, first_epoch, batches_to_skip, run_id = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
     logging.getLogger(__name__).info(
         "%d %s, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation", len(dataloader.dataset), items, num_train_epochs,
         max_train_steps, batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
     progress = tqdm(total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     return TrainingRun(accelerator, args, model, optimizer, dataloader, lr_scheduler, list(params), ema, ema_names, generator,
                        global_step, max_train_steps, num_train_epochs, first_epoch, batches_to_skip,
-                       NonFiniteLossGuard(accelerator, args.max_nonfinite_steps), progress)
+                       NonFiniteLossGuard(accelerator, args.max_nonfinite_steps), progress, run_id=run_id)
 
 
 def create_ema(named_params: list[tuple[str, torch.nn.Parameter]], decay: float):
