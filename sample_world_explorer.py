@@ -2,23 +2,27 @@
 
     python sample_world_explorer.py --model_dir ./models/genex_explorer --panorama pano.png --output out.mp4
 
-The panorama is resized to the model's resolution (1024x576 by default), the video is generated,
-then written at the panorama's own aspect ratio (2:1 for an equirectangular panorama).
+The panorama is resized to the model's resolution, the video is generated, then written at the
+panorama's own aspect ratio (2:1 for an equirectangular panorama). Resolution, frame count, fps and
+motion bucket default to what the model was trained at (recorded by train_world_explorer.py), else to
+SVD-xt's 1024x576, 25 frames, fps 7, motion bucket 127.
 """
 
 import argparse
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import StableVideoDiffusionPipeline
 from PIL import Image
 
-from common.cli import model_folder_error, run_cli
+from common.cli import SetupError, model_folder_error, run_cli
+from common.files import check_writable
 from common.training import flush_denormals
 from common.video import write_mp4
 from genex.generate import generate_video, load_rgb, resize_frames
-from genex.models import check_svd_fits
+from genex.models import check_svd_fits, sampling_settings
 from genex.spherical import rotate_yaw
 
 logger = logging.getLogger("sample_world_explorer")
@@ -29,17 +33,25 @@ def parse_args(argv=None):
     parser.add_argument("--model_dir", type=str, required=True, help="A StableVideoDiffusionPipeline folder (e.g. train_world_explorer.py's --output_dir).")
     parser.add_argument("--panorama", type=str, required=True, help="Equirectangular panorama image (any size; 2:1 expected).")
     parser.add_argument("--output", type=str, required=True, help="Output mp4 path (H.264).")
-    parser.add_argument("--width", type=int, default=1024, help="Model input width the panorama is resized to.")
-    parser.add_argument("--height", type=int, default=576, help="Model input height the panorama is resized to.")
-    parser.add_argument("--num_frames", type=int, default=25, help="Frames to generate.")
-    parser.add_argument("--fps", type=int, default=7, help="Frame rate: the conditioning value (the UNet sees fps - 1, as in training) and the mp4's rate.")
-    parser.add_argument("--motion_bucket_id", type=int, default=127, help="Motion bucket id conditioning.")
+    trained = "default: what the model was trained at, else"
+    parser.add_argument("--width", type=int, default=None, help=f"Model input width the panorama is resized to ({trained} 1024).")
+    parser.add_argument("--height", type=int, default=None, help=f"Model input height the panorama is resized to ({trained} 576).")
+    parser.add_argument("--num_frames", type=int, default=None, help=f"Frames to generate ({trained} 25).")
+    parser.add_argument("--fps", type=int, default=None, help=f"Frame rate: the conditioning value (the UNet sees fps - 1, as in training) and the mp4's rate ({trained} 7).")
+    parser.add_argument("--motion_bucket_id", type=int, default=None, help=f"Motion bucket id conditioning ({trained} 127).")
     parser.add_argument("--num_inference_steps", type=int, default=25, help="Sampling steps.")
     parser.add_argument("--decode_chunk_size", type=int, default=8, help="Frames decoded at once by the VAE (lower uses less memory).")
     parser.add_argument("--seed", type=int, default=42, help="Seed of the sampling noise.")
     parser.add_argument("--yaw", type=float, default=0.0, help="Turn the panorama by this many degrees first (the same rotation as the spherical loss).")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run on.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    vars(args).update(sampling_settings(args.model_dir, width=args.width, height=args.height, num_frames=args.num_frames, fps=args.fps,
+                                        motion_bucket_id=args.motion_bucket_id))
+    # Before the model loads: an output that cannot be written would cost the whole generation.
+    if Path(args.output).is_dir():
+        raise SetupError(f"--output {args.output}: is a folder; give the path of the mp4 to write")
+    check_writable(Path(args.output).parent, "--output")
+    return args
 
 
 def output_size(panorama_width: int, panorama_height: int, model_width: int) -> tuple[int, int]:
@@ -52,6 +64,7 @@ def main(argv=None):
     args = parse_args(argv)
     flush_denormals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(f"Generating {args.num_frames} frames at {args.width}x{args.height}, fps {args.fps}, motion bucket {args.motion_bucket_id}", flush=True)
     panorama = load_rgb(args.panorama)
     if args.yaw:
         panorama = Image.fromarray(rotate_yaw(np.asarray(panorama), args.yaw, width_axis=1))
