@@ -128,7 +128,16 @@ def parse_args(argv=None):
                         help="Default cuda when available. meta: count each part's model FLOPs on the meta device, computing and allocating nothing, "
                              "so any size counts in seconds on any machine (no times, memory or MFU; --steps, --warmup and --mixed_precision do not change a count).")
     (genex_step if pipeline == "genex" else pecn_step).add_objective_args(parser)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # The other pipeline's objective flags get a message that says so, not just "unrecognized".
+    other = argparse.ArgumentParser(add_help=False)
+    (pecn_step if pipeline == "genex" else genex_step).add_objective_args(other)
+    not_other = other.parse_known_args(unknown)[1]
+    for flag in unknown:
+        if flag.startswith("--") and flag not in not_other:
+            parser.error(f"{flag.split('=')[0]}: {'PECN' if pipeline == 'genex' else 'GenEx'} only")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return resolve_args(parser, args)
 
 

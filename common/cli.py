@@ -27,6 +27,21 @@ def model_folder_error(path: str, error: Exception, kind: str, variant=None) -> 
     return SetupError(f"{path}: not {article} {kind} pipeline folder ({str(error).splitlines()[0]}){hint}")
 
 
+def count_or_all(text: str):
+    """argparse type of a how-many flag: a count >= 1, or "all" / 0 for every one (None)."""
+    import argparse
+
+    if text.strip().lower() in ("all", "0"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a count or "all", got {text!r}') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected a count >= 0 or "all", got {value}')
+    return value
+
+
 def run_cli(main) -> None:
     """Run a script's main(); known setup and data errors become one line on stderr and exit code 2.
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 
-from common.cli import RunError
+from common.cli import RunError, SetupError
 
 # Out of space or over quota: every later write on that disk fails the same way.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -294,3 +294,43 @@ class WorkerPool:
                 yield from finished(wait(in_flight, return_when=FIRST_COMPLETED).done)
             in_flight[self._submit(fn, job)] = job
         yield from finished(wait(in_flight).done)
+
+
+RESULTS_FILE = "results.json"
+
+
+def earlier_run_of(folder: Path, script: str) -> bool:
+    """Whether `folder` holds a finished run of `script`: a results.json whose "script" names it."""
+    try:
+        results = json.loads((folder / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and results.get("script") == script
+
+
+def check_output_dir(output_dir: os.PathLike, script: str, overwrite: bool) -> bool:
+    """Refuse, before any model loads, an --output_dir that a results run of `script` must not write.
+
+    Missing or empty is fine; an earlier run of `script` (its results.json) only with `overwrite`; any
+    other non-empty folder never (it is not ours to replace). The folder that will hold the staging
+    folder must be writable. Returns the `replace` argument for `atomic_folder(output_dir)`.
+    """
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise SetupError(f"{folder}: --output_dir is a file, not a folder")
+    contents = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+    if contents and not earlier_run_of(folder, script):
+        shown = ", ".join(contents[:5]) + (f", ... ({len(contents)} entries)" if len(contents) > 5 else "")
+        raise SetupError(f"{folder}: --output_dir holds files that are not a run of {script} ({shown}); choose another folder or empty it")
+    if contents and not overwrite:
+        raise SetupError(f"{folder}: --output_dir holds an earlier run of {script} ({RESULTS_FILE}); pass --overwrite_output_dir "
+                         "(OVERWRITE_OUTPUT_DIR=1 for the wrapper) to replace it when the new run completes, or choose another folder")
+    # atomic_folder builds the results beside the folder: its nearest existing ancestor must take a new entry.
+    ancestor = next(parent for parent in folder.absolute().parents if parent.exists())
+    if not ancestor.is_dir():
+        raise SetupError(f"{folder}: --output_dir cannot be made, {ancestor} is a file")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=ancestor))
+    except OSError as error:
+        raise SetupError(f"{folder}: --output_dir cannot be written ({ancestor}: {error.strerror})") from None
+    return folder.is_dir()

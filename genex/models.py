@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
 from diffusers import (
     AutoencoderKLTemporalDecoder,
     EulerDiscreteScheduler,
@@ -41,6 +42,16 @@ def load_encoders(path: str, variant=None) -> Encoders:
     except (OSError, ValueError) as error:
         raise model_folder_error(path, error, "Stable Video Diffusion", variant) from None
     return Encoders(vae, image_encoder, feature_extractor)
+
+
+def load_svd_pipeline(model_dir, device: str) -> StableVideoDiffusionPipeline:
+    """The StableVideoDiffusionPipeline of `model_dir` on `device`, fp16 on CUDA and fp32 elsewhere (the sampler's and the evaluation's)."""
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    try:
+        pipeline = StableVideoDiffusionPipeline.from_pretrained(model_dir, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise model_folder_error(str(model_dir), error, "Stable Video Diffusion") from None
+    return pipeline.to(device)
 
 
 def resolution_multiple(vae, unet) -> int:

@@ -10,13 +10,8 @@ from bench import train_step
 from bench.full_size import build_instruct_pix2pix_full, build_svd_full, count_params_m
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine spin against each other; one is faster and steadier.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread: faster and steadier on a shared 2-core machine (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_bench(capsys, *argv) -> tuple[list[str], dict]:
@@ -73,7 +68,8 @@ def test_genex_cached_latents_with_scl(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--pipeline", "pecn", "--tiny", "--scl_loss"], "unrecognized arguments: --scl_loss"),
+    (["--pipeline", "pecn", "--tiny", "--scl_loss"], "--scl_loss: GenEx only"),
+    (["--pipeline", "genex", "--tiny", "--random_flip"], "--random_flip: PECN only"),
     (["--pipeline", "pecn", "--tiny", "--cached_latents"], "--cached_latents: GenEx only"),
     (["--pipeline", "pecn", "--tiny", "--width", "32", "--height", "64"], "PECN trains square images"),
     (["--pipeline", "genex", "--tiny", "--full"], "not allowed with argument"),

@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO_ROOT
 
 COMMANDS = [
-    ["prepare_dataset.py"], ["train_world_explorer.py"], ["sample_world_explorer.py"],
+    ["prepare_dataset.py"], ["train_world_explorer.py"], ["sample_world_explorer.py"], ["evaluate_world_explorer.py"],
     ["train_instruct_pix2pix.py"], ["sample_from_pix2pix.py"],
     ["-m", "genex.synthetic"], ["-m", "genex.tiny"], ["-m", "genex.cache_latents"],
     ["-m", "bench.data_stages"], ["-m", "bench.train_step"],

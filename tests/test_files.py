@@ -2,16 +2,19 @@
 user's umask, and the up-front check that a folder can be written."""
 
 import errno
+import json
 import os
 import signal
 import stat
+import tempfile
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from common.files import (DiskFullError, UnwritableFolderError, WorkerDied, WorkerPool, atomic_folder, check_writable, clean_staging_folders,
-                          current_umask, give_umask_mode_under, staging_folder, write_atomic)
+from common.cli import SetupError
+from common.files import (DiskFullError, UnwritableFolderError, WorkerDied, WorkerPool, atomic_folder, check_output_dir, check_writable,
+                          clean_staging_folders, current_umask, give_umask_mode_under, staging_folder, write_atomic)
 
 
 @pytest.fixture
@@ -166,3 +169,61 @@ def test_an_error_inside_a_job_passes_on():
     with pytest.raises(ZeroDivisionError):
         with WorkerPool(2) as pool:
             list(pool.run(divmod, [(1, 1), (1, 0)]))
+
+
+def earlier_run(folder, script="evaluate.py"):
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"script": script, "overall": {}}))
+    (folder / "old.mp4").write_bytes(b"old")
+    return folder
+
+
+def test_output_dir_missing_or_empty_is_taken(tmp_path):
+    assert check_output_dir(tmp_path / "new" / "results", "evaluate.py", overwrite=False) is False
+    (tmp_path / "empty").mkdir()
+    assert check_output_dir(tmp_path / "empty", "evaluate.py", overwrite=False) is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_earlier_run_is_refused_without_overwrite_and_replaced_whole_with_it(tmp_path):
+    folder = earlier_run(tmp_path / "out")
+    with pytest.raises(SetupError, match="holds an earlier run of evaluate.py .*--overwrite_output_dir"):
+        check_output_dir(folder, "evaluate.py", overwrite=False)
+    replace = check_output_dir(folder, "evaluate.py", overwrite=True)
+    assert replace is True and (folder / "old.mp4").exists()
+    with atomic_folder(folder, replace=replace) as staging:
+        (staging / "results.json").write_text("{}")
+        assert (folder / "old.mp4").exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["results.json"]
+
+
+@pytest.mark.parametrize("contents", ["another script", "foreign files", "broken results"])
+def test_a_folder_that_is_not_our_run_is_always_refused(tmp_path, contents):
+    if contents == "another script":
+        folder = earlier_run(tmp_path / "out", script="sample_from_pix2pix.py")
+    else:
+        folder = tmp_path / "out"
+        folder.mkdir()
+        (folder / "thesis.tex").write_text("mine")
+        if contents == "broken results":
+            (folder / "results.json").write_text("{not json")
+    for overwrite in (False, True):
+        with pytest.raises(SetupError, match=r"not a run of evaluate.py \(.*\); choose another folder") as raised:
+            check_output_dir(folder, "evaluate.py", overwrite=overwrite)
+        assert str(folder) in str(raised.value)
+    assert (folder / ("old.mp4" if contents == "another script" else "thesis.tex")).exists()
+
+
+def test_output_dir_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SetupError, match="is a file, not a folder"):
+        check_output_dir(tmp_path / "a_file", "evaluate.py", overwrite=False)
+    with pytest.raises(SetupError, match="cannot be made, .*a_file is a file"):
+        check_output_dir(tmp_path / "a_file" / "out", "evaluate.py", overwrite=False)
+
+    def read_only(**kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(SetupError, match=r"cannot be written \(.*Permission denied\)"):
+        check_output_dir(tmp_path / "out", "evaluate.py", overwrite=False)
