@@ -62,7 +62,7 @@ def is_inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_output_dir(args) -> None:
+def check_training_output_dir(args) -> None:
     """Refuse, before any model loads, an --output_dir that would mix this run with an earlier one or cannot be written;
     a checkpoint to resume from is checked for damage here too."""
     output_dir = Path(args.output_dir)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from common.checkpoints import register_trainable_weights_hooks, resume_training
 from common.cli import SetupError
 from common.loop import NonFiniteLossGuard, TrainingRun, log_weight_checksums, step_logger
-from common.output_dir import check_output_dir, clear_earlier_run, share_saved_pipeline
+from common.output_dir import check_training_output_dir, clear_earlier_run, share_saved_pipeline
 from common.trackers import wandb_login_problem
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -77,7 +77,7 @@ def parse_training_args(parser: argparse.ArgumentParser, argv=None) -> argparse.
     add_shared_training_args(parser)
     args = parser.parse_args(argv)
     check_shared_args(args)
-    check_output_dir(args)
+    check_training_output_dir(args)
     return args
 
 
