@@ -8,7 +8,7 @@ settings, validation outputs, the TensorBoard folder inside it and train.log. An
 """
 
 import json
-import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -17,23 +17,18 @@ from common.checkpoints import CHECKPOINT_PATTERN, check_checkpoint, list_checkp
 from common.cli import SetupError
 from common.files import check_writable, give_umask_mode_under
 
-logger = logging.getLogger(__name__)
-
 PIPELINE_INDEX = "model_index.json"
 TRAINED_SETTINGS = "trained_settings.json"
 TRAIN_LOG = "train.log"
 VALIDATION = "validation"
+# The folders validation_folder names, and only those: another folder under validation/ is not training's.
+VALIDATION_FOLDER = re.compile(r"^(epoch_\d+_)?step_\d+$")
 
 
 def validation_folder(output_dir, step: int, epoch: Optional[int] = None) -> Path:
     """Where the validation outputs of one step go: validation/step_<N> (GenEx), validation/epoch_<E>_step_<N> (PECN)."""
     name = f"step_{step}" if epoch is None else f"epoch_{epoch:03d}_step_{step}"
     return Path(output_dir) / VALIDATION / name
-
-
-def is_validation_folder(path: Path) -> bool:
-    parts = path.name.split("_")
-    return path.is_dir() and (parts[:1] == ["step"] and len(parts) == 2 or parts[:1] == ["epoch"] and len(parts) == 4) and parts[-1].isdigit()
 
 
 def pipeline_paths(output_dir) -> list[Path]:
@@ -105,7 +100,7 @@ def earlier_run_paths(output_dir, logging_dir: str) -> list[Path]:
     paths += pipeline_paths(output_dir)
     paths += [output_dir / name for name in (TRAINED_SETTINGS, TRAIN_LOG) if (output_dir / name).is_file()]
     if (output_dir / VALIDATION).is_dir():
-        paths += [p for p in (output_dir / VALIDATION).iterdir() if is_validation_folder(p)]
+        paths += [p for p in (output_dir / VALIDATION).iterdir() if p.is_dir() and VALIDATION_FOLDER.match(p.name)]
     logs = output_dir / logging_dir
     # A TensorBoard folder outside --output_dir may be shared with other runs: it is left alone.
     if logs.is_dir() and is_inside(logs, output_dir) and logs.resolve() != output_dir.resolve():
