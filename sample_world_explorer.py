@@ -3,22 +3,26 @@
     python sample_world_explorer.py --model_dir ./models/genex_explorer --panorama pano.png --output out.mp4
     python sample_world_explorer.py ... --trajectory "0:25,180:25"    # walk 25 frames, turn around, walk 25 more
 
-The panorama is resized to the model's resolution (1024x576 by default), the video is generated,
-then written at the panorama's own aspect ratio (2:1 for an equirectangular panorama). A trajectory
-is a path of segments yaw:frames: each turns the current view by yaw degrees and walks forward from
-the last frame of the segment before; the mp4 holds the whole path (the frames of all segments).
+The panorama is resized to the model's resolution, the video is generated, then written at the
+panorama's own aspect ratio (2:1 for an equirectangular panorama). Resolution, frame count, fps and
+motion bucket default to what the model was trained at (recorded by train_world_explorer.py), else to
+SVD-xt's 1024x576, 25 frames, fps 7, motion bucket 127. A trajectory is a path of segments yaw:frames:
+each turns the current view by yaw degrees and walks forward from the last frame of the segment
+before; the mp4 holds the whole path (the frames of all segments).
 """
 
 import argparse
 import logging
+from pathlib import Path
 
 import torch
 
-from common.cli import run_cli
+from common.cli import SetupError, run_cli
+from common.files import check_writable
 from common.training import flush_denormals
 from common.video import write_mp4
 from genex.generate import explore_path, load_rgb, parse_trajectory, resize_frames
-from genex.models import check_svd_fits, load_svd_pipeline
+from genex.models import check_svd_fits, load_svd_pipeline, sampling_settings
 
 logger = logging.getLogger("sample_world_explorer")
 
@@ -28,11 +32,12 @@ def parse_args(argv=None):
     parser.add_argument("--model_dir", type=str, required=True, help="A StableVideoDiffusionPipeline folder (e.g. train_world_explorer.py's --output_dir).")
     parser.add_argument("--panorama", type=str, required=True, help="Equirectangular panorama image (any size; 2:1 expected).")
     parser.add_argument("--output", type=str, required=True, help="Output mp4 path (H.264).")
-    parser.add_argument("--width", type=int, default=1024, help="Model input width the panorama is resized to.")
-    parser.add_argument("--height", type=int, default=576, help="Model input height the panorama is resized to.")
-    parser.add_argument("--num_frames", type=int, default=None, help="Frames to generate (default 25); with --trajectory the segments say it.")
-    parser.add_argument("--fps", type=int, default=7, help="Frame rate: the conditioning value (the UNet sees fps - 1, as in training) and the mp4's rate.")
-    parser.add_argument("--motion_bucket_id", type=int, default=127, help="Motion bucket id conditioning.")
+    trained = "default: what the model was trained at, else"
+    parser.add_argument("--width", type=int, default=None, help=f"Model input width the panorama is resized to ({trained} 1024).")
+    parser.add_argument("--height", type=int, default=None, help=f"Model input height the panorama is resized to ({trained} 576).")
+    parser.add_argument("--num_frames", type=int, default=None, help=f"Frames to generate ({trained} 25); with --trajectory the segments say it.")
+    parser.add_argument("--fps", type=int, default=None, help=f"Frame rate: the conditioning value (the UNet sees fps - 1, as in training) and the mp4's rate ({trained} 7).")
+    parser.add_argument("--motion_bucket_id", type=int, default=None, help=f"Motion bucket id conditioning ({trained} 127).")
     parser.add_argument("--num_inference_steps", type=int, default=25, help="Sampling steps.")
     parser.add_argument("--decode_chunk_size", type=int, default=8, help="Frames decoded at once by the VAE (lower uses less memory).")
     parser.add_argument("--seed", type=int, default=42, help="Seed of the sampling noise.")
@@ -42,10 +47,13 @@ def parse_args(argv=None):
                              "frames forward from the last frame of the segment before. Replaces --yaw and --num_frames.")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run on.")
     args = parser.parse_args(argv)
+    given_frames = args.num_frames
+    vars(args).update(sampling_settings(args.model_dir, width=args.width, height=args.height, num_frames=args.num_frames, fps=args.fps,
+                                        motion_bucket_id=args.motion_bucket_id))
 
     # args.segments: the path to generate, [(yaw, frames), ...]; without --trajectory one segment.
     if args.trajectory is not None:
-        given = [flag for flag, value in (("--yaw", args.yaw), ("--num_frames", args.num_frames)) if value is not None]
+        given = [flag for flag, value in (("--yaw", args.yaw), ("--num_frames", given_frames)) if value is not None]
         if given:
             parser.error(f"--trajectory and {' and '.join(given)}: give the path's turns and lengths in --trajectory alone")
         try:
@@ -53,7 +61,11 @@ def parse_args(argv=None):
         except ValueError as error:
             parser.error(f"--trajectory: {error}")
     else:
-        args.segments = [(args.yaw or 0.0, 25 if args.num_frames is None else args.num_frames)]
+        args.segments = [(args.yaw or 0.0, args.num_frames)]
+    # Before the model loads: an output that cannot be written would cost the whole generation.
+    if Path(args.output).is_dir():
+        raise SetupError(f"--output {args.output}: is a folder; give the path of the mp4 to write")
+    check_writable(Path(args.output).parent, "--output")
     return args
 
 
@@ -67,6 +79,8 @@ def main(argv=None):
     args = parse_args(argv)
     flush_denormals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(f"Generating {sum(frames for _, frames in args.segments)} frames at {args.width}x{args.height}, fps {args.fps}, "
+          f"motion bucket {args.motion_bucket_id}", flush=True)
     panorama = load_rgb(args.panorama)
     pipeline = load_svd_pipeline(args.model_dir, args.device)
     check_svd_fits(pipeline.vae, pipeline.unet, args.model_dir, args.width, args.height)

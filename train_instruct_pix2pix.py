@@ -18,11 +18,12 @@ from tqdm.auto import tqdm
 
 from common.cli import SetupError, run_cli
 from common.loop import backward_and_step, end_optimizer_step, epoch_batches, epochs
+from common.output_dir import validation_folder
 from common.trackers import log_validation_images
-from common.training import create_ema, create_generator, ema_weights_swapped_in, finish_run
+from common.training import create_ema, create_generator, ema_weights_swapped_in, finish_run, require_at_least
 from common.training import inference_precision, parse_training_args, prepare_training, prepare_unet, start_run, weight_dtype
 from pecn.models import load_models, load_pipeline
-from pecn.pairs import build_pair_dataset, collate, pair_transform
+from pecn.pairs import build_pair_dataset, check_decodable, collate, pair_transform
 from pecn.predict import predict_frame, rgb_frames
 from pecn.step import Objective, add_objective_args, loss_of, predict
 from pecn.visualize import comparison_grid
@@ -55,6 +56,8 @@ def parse_args(argv=None):
     group.add_argument("--validation_image_guidance_scale", type=float, default=1.5, help="Image guidance scale of validation predictions.")
     group.add_argument("--validation_guidance_scale", type=float, default=7.0, help="Text guidance scale of validation predictions.")
     args = parse_training_args(parser, argv)
+    require_at_least(args, 1, "resolution", "train_batch_size", "max_train_samples", "validation_epochs", "validation_num_inference_steps")
+    require_at_least(args, 0, "input_frame_idx", "dataloader_num_workers", "num_validation_images")
     root = Path(args.data_root)
     args.frames_dir = args.frames_dir or str(root / f"frames_{args.resolution}x{args.resolution}")
     args.train_annotations = args.train_annotations or str(root / "annotations" / "train_filtered.json")
@@ -67,7 +70,7 @@ def parse_args(argv=None):
 def validate(args, accelerator, pipeline, val_dataset, epoch: int, step: int) -> None:
     """Predict the first validation pairs; save and log [input | ground truth | prediction] grids."""
     examples = val_dataset.select(range(min(args.num_validation_images, len(val_dataset))))
-    folder = Path(args.output_dir) / "validation" / f"epoch_{epoch:03d}_step_{step}"
+    folder = validation_folder(args.output_dir, step, epoch)
     logger.info("Validation after epoch %d (step %d): %d prediction(s), %d sampling steps each, into %s",
                 epoch, step, len(examples), args.validation_num_inference_steps, folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,6 +107,9 @@ def main(argv=None):
     with accelerator.main_process_first():
         train_dataset, _ = build_pair_dataset(args.train_annotations, max_samples=args.max_train_samples, **pair_args)
         val_dataset = build_pair_dataset(args.val_annotations, max_samples=args.num_validation_images, **pair_args)[0] if args.num_validation_images > 0 else None
+    if val_dataset is not None:
+        # Every frame a validation will use is decoded now: a broken one would stop the run at the end of its first epoch.
+        check_decodable(val_dataset)
     train_dataset = train_dataset.with_transform(pair_transform(args.resolution, tokenizer, with_mirrored_prompts=args.random_flip))
     dataloader = torch.utils.data.DataLoader(train_dataset, shuffle=True, collate_fn=collate, batch_size=args.train_batch_size, num_workers=args.dataloader_num_workers)
     null_prompt_ids = tokenizer([""], max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids

@@ -10,16 +10,16 @@ contrastive loss (genex/spherical.py). See DESIGN.md for the formulas.
 
 import argparse
 import logging
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common.cli import SetupError, run_cli
+from common.cli import run_cli
 from common.loop import backward_and_step, end_optimizer_step, epoch_batches, epochs
+from common.output_dir import validation_folder
 from common.trackers import log_validation_videos
-from common.training import create_ema, create_generator, ema_weights_swapped_in, finish_run
+from common.training import create_ema, create_generator, ema_weights_swapped_in, finish_run, require_at_least
 from common.training import inference_precision, parse_training_args, prepare_training, prepare_unet, start_run, weight_dtype
 from common.video import write_mp4
 from genex.data import FrameFolderDataset
@@ -57,20 +57,25 @@ def parse_args(argv=None):
     group.add_argument("--validation_steps", type=int, default=500, help="Validate every this many optimizer steps (and at the end).")
     group.add_argument("--validation_num_inference_steps", type=int, default=25, help="Sampling steps of validation videos.")
     args = parse_training_args(parser, argv)
+    require_at_least(args, 1, "num_frames", "width", "height", "per_gpu_batch_size", "decode_chunk_size", "fps",
+                     "validation_steps", "validation_num_inference_steps")
+    require_at_least(args, 0, "num_workers", "num_validation_images", "motion_bucket_id")
     problem = objective_problem(Objective.from_args(args))
     if problem:
         raise SetupError(problem)
     if args.scl_num_frames is not None and not args.scl_loss:
         raise SetupError("--scl_num_frames chooses the frames of the spherical contrastive loss: add --scl_loss, or drop it")
     if args.validation_images_folder:
-        list_images(args.validation_images_folder)
+        # Every image a validation will use is decoded now: a broken one would stop the run at its first validation.
+        for path in list_images(args.validation_images_folder, args.num_validation_images):
+            load_rgb(path)
     return args
 
 
 def validate(args, accelerator, unet, encoders, step: int) -> None:
     """Generate a video from each validation panorama with the current weights; save and log them."""
     images = list_images(args.validation_images_folder, args.num_validation_images)
-    folder = Path(args.output_dir) / "validation" / f"step_{step}"
+    folder = validation_folder(args.output_dir, step)
     logger.info("Validation at step %d: %d video(s) of %d frames, %d sampling steps each, into %s",
                 step, len(images), args.num_frames, args.validation_num_inference_steps, folder)
     pipeline = build_pipeline(args.pretrained_model_name_or_path, accelerator.unwrap_model(unet), encoders)
@@ -133,8 +138,10 @@ def main(argv=None):
                 with ema_weights_swapped_in(ema, run.params), moved_to(accelerator.device, off_device):
                     validate(args, accelerator, run.model, encoders, run.global_step)
 
-    # Save: the EMA weights if used, inside a complete pipeline folder (the base's frozen weights bit for bit).
-    finish_run(run, lambda trained_unet: save_final_pipeline(args.pretrained_model_name_or_path, args.variant, trained_unet, args.output_dir))
+    # Save: the EMA weights if used, inside a complete pipeline folder (the base's frozen weights bit for bit), with the
+    # settings it was trained at, which the sampler uses as its defaults.
+    settings = {name: getattr(args, name) for name in ("width", "height", "num_frames", "fps", "motion_bucket_id", "pretrained_model_name_or_path")}
+    finish_run(run, lambda trained_unet: save_final_pipeline(args.pretrained_model_name_or_path, args.variant, trained_unet, args.output_dir, settings))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,12 @@ A checkpoint holds only the trainable parameters (safetensors), the optimizer, L
 sampler and RNG states that Accelerate saves, and the EMA weights when EMA is on. It is written
 to a hidden folder and renamed when complete (common.files.atomic_folder), so `latest` only ever
 names a complete one, and old checkpoints are removed only after the new one exists.
+
+Each checkpoint records the id of its run (`run_id` in training_state.json: new for a fresh start, kept
+by a resumed run). --checkpoints_total_limit counts and removes only the current run's checkpoints, so a
+run never deletes its own newest checkpoint to keep another run's higher-numbered one. A damaged
+checkpoint (a cut or empty file, unreadable training_state.json) is refused in one line naming the file,
+with the previous checkpoint to resume from instead.
 """
 
 import contextlib
@@ -12,16 +18,18 @@ import logging
 import pickle
 import re
 import shutil
+import uuid
+import zipfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from common.cli import RunError
-from common.files import atomic_folder, staging_folder
+from common.files import atomic_folder, give_umask_mode, staging_folder, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +71,85 @@ def resolve_resume_checkpoint(output_dir, resume_from_checkpoint: Optional[str])
     return path
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(CHECKPOINT_PATTERN.match(Path(path).name).group(1))
+
+
+def previous_checkpoint_hint(path: Path) -> str:
+    """What to do instead of resuming from the damaged checkpoint `path`: the checkpoint before it, if any."""
+    path = Path(path)
+    match = CHECKPOINT_PATTERN.match(path.name)
+    earlier = [c for c in list_checkpoints(path.parent) if match and checkpoint_step(c) < int(match.group(1))]
+    if earlier:
+        return f"resume from the previous checkpoint instead: --resume_from_checkpoint {earlier[-1]}"
+    return "there is no earlier checkpoint: start again with --overwrite_output_dir"
+
+
+def damaged_checkpoint(file: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{file}: {what}; the checkpoint is damaged, {previous_checkpoint_hint(Path(file).parent)}")
+
+
+def read_training_state(path: Path) -> dict:
+    """training_state.json of a checkpoint folder: {"global_step", "run_id"}; a damaged one is a CheckpointError naming it."""
+    file = Path(path) / TRAINING_STATE
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a complete checkpoint folder (no {TRAINING_STATE})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise damaged_checkpoint(file, f"not readable JSON ({error})") from None
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise damaged_checkpoint(file, 'holds no "global_step" count')
+    return state
+
+
+def checkpoint_file_problem(file: Path) -> Optional[str]:
+    """What is wrong with one file of a checkpoint, read as far as is cheap (headers, archive index); None if nothing shows."""
+    file = Path(file)
+    try:
+        if file.stat().st_size == 0:
+            return "is empty"
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt"):
+                pass
+        elif file.suffix in (".bin", ".pkl"):
+            # torch.save writes a zip archive whose index sits at the end: a cut file has none.
+            with zipfile.ZipFile(file):
+                pass
+    except (SafetensorError, zipfile.BadZipFile, OSError) as error:
+        return f"cut short or damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    return None
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse, before any model loads, a checkpoint with a damaged file (see checkpoint_file_problem)."""
+    path = Path(path)
+    read_training_state(path)
+    for file in sorted(path.iterdir()):
+        problem = checkpoint_file_problem(file) if file.is_file() else None
+        if problem:
+            raise damaged_checkpoint(file, problem)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def checkpoint_run_id(path: Path):
+    """The run that wrote a checkpoint (None for one written before runs had ids); a damaged one belongs to no run."""
+    try:
+        return read_training_state(path).get("run_id")
+    except CheckpointError:
+        return object()
+
+
+def checkpoints_beyond_limit(output_dir, run_id, total_limit: int) -> list[Path]:
+    """The current run's checkpoints older than its newest `total_limit`; another run's are neither counted nor removed."""
+    own = [path for path in list_checkpoints(output_dir) if checkpoint_run_id(path) == run_id]
+    return own[:-total_limit]
+
+
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train, by name, as contiguous CPU tensors."""
     return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
@@ -93,6 +180,7 @@ def register_trainable_weights_hooks(accelerator) -> None:
             for index, model in enumerate(models):
                 state = trainable_state_dict(accelerator.unwrap_model(model))
                 save_file(state, str(Path(output_dir) / f"{index}_{TRAINABLE_WEIGHTS}"))
+                give_umask_mode([Path(output_dir) / f"{index}_{TRAINABLE_WEIGHTS}"])
         # Accelerate would otherwise save the full model (frozen weights included) a second time.
         while weights:
             weights.pop()
@@ -113,6 +201,7 @@ def save_ema(ema, names: list[str], path: Path) -> None:
     """EMA shadow weights by parameter name, plus its step count, as safetensors."""
     state = {name: p.detach().cpu().contiguous() for name, p in zip(names, ema.shadow_params)}
     save_file(state, str(path), metadata={"optimization_step": str(ema.optimization_step)})
+    give_umask_mode([path])
 
 
 def load_ema(ema, names: list[str], path: Path) -> None:
@@ -125,8 +214,9 @@ def load_ema(ema, names: list[str], path: Path) -> None:
     ema.optimization_step = step
 
 
-def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Optional[int], ema=None, ema_names=None, generator=None) -> Path:
-    """Write `checkpoint-<global_step>` atomically, then keep at most `total_limit` checkpoints."""
+def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Optional[int], ema=None, ema_names=None, generator=None,
+                    run_id: Optional[str] = None) -> Path:
+    """Write `checkpoint-<global_step>` of run `run_id` atomically, then keep at most `total_limit` checkpoints of that run."""
     final = Path(output_dir) / f"checkpoint-{global_step}"
     # The main process stages the folder; every process writes its own states into it.
     staging = atomic_folder(final, replace=True) if accelerator.is_main_process else contextlib.nullcontext(staging_folder(final))
@@ -135,50 +225,83 @@ def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Opti
         accelerator.save_state(str(folder))
         if generator is not None:
             save_file({"state": generator.get_state()}, str(folder / GENERATOR_STATE.format(accelerator.process_index)))
+            give_umask_mode([folder / GENERATOR_STATE.format(accelerator.process_index)])
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if ema is not None:
                 save_ema(ema, ema_names, folder / EMA_WEIGHTS)
-            (folder / TRAINING_STATE).write_text(json.dumps({"global_step": global_step}))
+            write_json_atomic(folder / TRAINING_STATE, {"global_step": global_step, "run_id": run_id})
     if accelerator.is_main_process:
         if total_limit is not None:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
+            for old in checkpoints_beyond_limit(output_dir, run_id, total_limit):
                 shutil.rmtree(old)
         logger.info("Saved %s", final)
     accelerator.wait_for_everyone()
     return final
 
 
+def holds_code(error: Exception) -> bool:
+    """torch.load(weights_only=True) refused a pickle for what it would call or build (not for damaged bytes)."""
+    return isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error)
+
+
+def short_reason(error: Exception) -> str:
+    """The line of an error message that says what is wrong (torch's weights-only errors end with it)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("Check the documentation")]
+    return lines[-1] if lines else type(error).__name__
+
+
 def unsafe_pickle(folder: Path) -> Path:
-    """The first pickle in `folder` that torch.load(weights_only=True) refuses (the folder itself if none does)."""
+    """The first pickle in `folder` that torch.load(weights_only=True) refuses for the code it holds (the folder itself if none)."""
     for candidate in sorted([*folder.glob("*.bin"), *folder.glob("*.pkl")]):
         try:
             torch.load(candidate, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            return candidate
-        except Exception:
-            continue
+        except Exception as error:
+            if holds_code(error):
+                return candidate
     return folder
+
+
+def load_failure(path: Path, error: Exception) -> CheckpointError:
+    """The one-line error for a checkpoint that failed to load: the damaged file when one can be found, else the folder."""
+    for file in sorted(path.iterdir()):
+        if not file.is_file() or file.suffix not in (".safetensors", ".bin", ".pkl"):
+            continue
+        problem = checkpoint_file_problem(file)
+        if problem is None:
+            try:
+                # Reads the whole file: only on this failure path, to name the file that does not load.
+                load_file(str(file)) if file.suffix == ".safetensors" else torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as file_error:
+                problem = f"cannot be read ({short_reason(file_error)})"
+        if problem:
+            return damaged_checkpoint(file, problem)
+    return CheckpointError(f"{path}: cannot be loaded into this run ({short_reason(error)}); if it is damaged, {previous_checkpoint_hint(path)}")
 
 
 def load_checkpoint(accelerator, path: Path, ema=None, ema_names=None, generator=None) -> int:
     """Restore a checkpoint written by `save_checkpoint`; returns its global step."""
     path = Path(path)
+    global_step = read_training_state(path)["global_step"]
     try:
         # Accelerate reads optimizer, schedule, sampler and RNG pickles with torch.load(weights_only=True).
         accelerator.load_state(str(path))
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{unsafe_pickle(path)}: not plain weights (the pickle would run code or build objects); refusing to load it") from None
-    if generator is not None:
-        generator_file = path / GENERATOR_STATE.format(accelerator.process_index)
-        if not generator_file.is_file():
-            raise CheckpointError(f"{path}: no {generator_file.name} (written with another number of processes?)")
-        generator.set_state(load_file(str(generator_file))["state"])
-    if ema is not None:
-        if not (path / EMA_WEIGHTS).is_file():
-            raise CheckpointError(f"{path}: no EMA weights, but --use_ema is on (was the run started without it?)")
-        load_ema(ema, ema_names, path / EMA_WEIGHTS)
-    return int(json.loads((path / TRAINING_STATE).read_text())["global_step"])
+        if generator is not None:
+            generator_file = path / GENERATOR_STATE.format(accelerator.process_index)
+            if not generator_file.is_file():
+                raise CheckpointError(f"{path}: no {generator_file.name} (written with another number of processes?)")
+            generator.set_state(load_file(str(generator_file))["state"])
+        if ema is not None:
+            if not (path / EMA_WEIGHTS).is_file():
+                raise CheckpointError(f"{path}: no EMA weights, but --use_ema is on (was the run started without it?)")
+            load_ema(ema, ema_names, path / EMA_WEIGHTS)
+    except CheckpointError:
+        raise
+    except Exception as error:  # a damaged file (cut, empty, garbage) shows as any error of torch, safetensors or pickle
+        if holds_code(error):
+            raise CheckpointError(f"{unsafe_pickle(path)}: not plain weights (the pickle would run code or build objects); refusing to load it") from None
+        raise load_failure(path, error) from None
+    return global_step
 
 
 def own_copy_of(output_dir, resume_from_checkpoint: str, main_path: str) -> Path:
@@ -228,11 +351,12 @@ def agreed_resume_checkpoint(accelerator, output_dir, resume_from_checkpoint: Op
     return own
 
 
-def resume_training(accelerator, args, steps_per_epoch: int, ema=None, ema_names=None, generator=None) -> tuple[int, int, int]:
-    """Apply --resume_from_checkpoint: (global_step, first_epoch, batches to skip in that epoch); zeros for a fresh run."""
+def resume_training(accelerator, args, steps_per_epoch: int, ema=None, ema_names=None, generator=None) -> tuple[int, int, int, Optional[str]]:
+    """Apply --resume_from_checkpoint: (global_step, first_epoch, batches to skip in that epoch, run id); a fresh run starts at
+    zero with a new run id, a resumed run keeps its checkpoint's."""
     path = agreed_resume_checkpoint(accelerator, args.output_dir, args.resume_from_checkpoint)
     if path is None:
-        return 0, 0, 0
+        return 0, 0, 0, new_run_id()
     global_step = load_checkpoint(accelerator, path, ema, ema_names, generator)
     logger.info("Resumed from %s at step %d", path, global_step)
-    return global_step, global_step // steps_per_epoch, (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    return global_step, global_step // steps_per_epoch, (global_step % steps_per_epoch) * args.gradient_accumulation_steps, checkpoint_run_id(path)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 
-from common.cli import SetupError
+from common.cli import RunError, SetupError
 
 # Out of space or over quota: every later write on that disk fails the same way.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -79,10 +79,43 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode open() gives a new file under the user's umask (0644 under umask 022, 0664 under 002)."""
+    return 0o666 & ~current_umask()
+
+
+def give_umask_mode(paths: Iterable[os.PathLike]) -> None:
+    """Give files written by libraries that create them 0600 whatever the umask (safetensors does) the mode the umask allows,
+    so a teammate can read weights and annotations where the user's umask lets them."""
+    mode = new_file_mode()
+    for path in paths:
+        os.chmod(path, mode)
+
+
+def give_umask_mode_under(folder: os.PathLike) -> None:
+    """give_umask_mode for every file under `folder`."""
+    give_umask_mode(path for path in Path(folder).rglob("*") if path.is_file() and not path.is_symlink())
+
+
 def write_atomic(path: os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside `path`, flushed to disk, then rename it over `path`.
 
-    A reader sees the old file or the new one, never a truncated one, even after a power cut.
+    A reader sees the old file or the new one, never a truncated one, even after a power cut. The file gets the
+    mode the user's umask gives (mkstemp alone would leave it 0600).
     """
     path = Path(path)
     try:
@@ -91,6 +124,7 @@ def write_atomic(path: os.PathLike, data: bytes) -> None:
     except OSError as error:
         raise naming_path(error, path) from None
     try:
+        os.fchmod(handle, new_file_mode())
         with os.fdopen(handle, "wb") as temp_file:
             temp_file.write(data)
             temp_file.flush()
@@ -103,6 +137,23 @@ def write_atomic(path: os.PathLike, data: bytes) -> None:
             raise naming_path(error, path) from None
         raise
     fsync_dir(path.parent)
+
+
+class UnwritableFolderError(RunError):
+    """A folder the run must write into cannot be created or written: one line names it and the flag that chose it."""
+
+
+def check_writable(folder: os.PathLike, flag: str) -> None:
+    """Create `folder` if needed and write (then remove) a file in it, before any work that would be lost if it cannot be written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write_test.")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UnwritableFolderError(f"{flag} {folder}: cannot write into this folder ({error.strerror or error}); "
+                                    f"choose another {flag} or fix its permissions") from None
 
 
 def remove_stale_temps(path: os.PathLike) -> int:

@@ -95,6 +95,8 @@ class TrainingRun:
     micro_steps: list = dataclasses.field(default_factory=list)
     step_is_finite: bool = True
     grad_norm: Optional[torch.Tensor] = None
+    # The id its checkpoints record, so that rotation removes only this run's (common.checkpoints).
+    run_id: Optional[str] = None
 
     @property
     def done(self) -> bool:
@@ -179,7 +181,8 @@ def end_optimizer_step(run: TrainingRun) -> dict[str, float]:
         step_logger.info("step %d/%d: %s", run.global_step, run.max_train_steps, " ".join(f"{key} {value:.6g}" for key, value in logs.items()))
     checkpoint = None
     if run.global_step % args.checkpointing_steps == 0 or run.nonfinite.should_stop:
-        checkpoint = save_checkpoint(accelerator, args.output_dir, run.global_step, args.checkpoints_total_limit, run.ema, run.ema_names, run.generator)
+        checkpoint = save_checkpoint(accelerator, args.output_dir, run.global_step, args.checkpoints_total_limit, run.ema, run.ema_names, run.generator,
+                                     run.run_id)
     if run.nonfinite.should_stop:
         run.progress.close()
         accelerator.end_training()

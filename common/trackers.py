@@ -1,10 +1,46 @@
-"""Logging validation media to TensorBoard and Weights & Biases, whichever are active."""
+"""Logging validation media to TensorBoard and Weights & Biases, whichever are active; whether wandb can log at all."""
 
+import netrc
+import os
 from pathlib import Path
+from typing import Optional
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from common.video import evenly_spaced_indices
+
+
+WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")
+
+
+def netrc_file() -> Optional[Path]:
+    """The .netrc that `wandb login` writes its key into (as wandb looks for it: $NETRC, ~/.netrc, ~/_netrc)."""
+    if os.environ.get("NETRC"):
+        return Path(os.environ["NETRC"]).expanduser()
+    for name in ("~/.netrc", "~/_netrc"):
+        if Path(name).expanduser().is_file():
+            return Path(name).expanduser()
+    return None
+
+
+def wandb_login_problem() -> Optional[str]:
+    """Why wandb.init would fail before the first step (no API key and not offline), as the line a user acts on; None if it can log.
+
+    Looks where wandb looks, without a network call: WANDB_MODE, WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE, the .netrc entry
+    of WANDB_BASE_URL's host.
+    """
+    if os.environ.get("WANDB_MODE", "").lower() in WANDB_LOCAL_MODES or os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return None
+    host = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+    path = netrc_file()
+    try:
+        if path is not None and host and (entry := netrc.netrc(path).authenticators(host)) and entry[2]:
+            return None
+    except (netrc.NetrcParseError, OSError):
+        pass
+    return (f"not logged in to Weights & Biases (no WANDB_API_KEY, no {host} entry in {path or '~/.netrc'}): run `wandb login` once, "
+            "or set WANDB_MODE=offline to log locally (upload later with `wandb sync`), or use --report_to tensorboard")
 
 
 def video_strip(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:

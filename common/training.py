@@ -5,6 +5,7 @@ import contextlib
 import importlib.util
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,10 @@ from tqdm.auto import tqdm
 from common.checkpoints import register_trainable_weights_hooks, resume_training
 from common.cli import SetupError
 from common.loop import NonFiniteLossGuard, TrainingRun, log_weight_checksums, step_logger
+from common.output_dir import check_training_output_dir, clear_earlier_run, share_saved_pipeline
+from common.trackers import wandb_login_problem
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
 def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +35,10 @@ def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("optimisation")
     group.add_argument("--learning_rate", type=float, default=1e-4, help="Initial learning rate (after warm-up).")
     group.add_argument("--scale_lr", action="store_true", help="Multiply the learning rate by accumulation steps x batch size x processes.")
-    group.add_argument("--lr_scheduler", type=str, default="constant", help='One of "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup".')
-    group.add_argument("--lr_warmup_steps", type=int, default=500, help="Optimizer steps of linear warm-up.")
+    group.add_argument("--lr_scheduler", type=str, default="constant", choices=LR_SCHEDULERS,
+                       help="diffusers' learning-rate schedule. \"constant\" with --lr_warmup_steps N > 0 warms up over N steps, then stays "
+                            "constant (diffusers' constant_with_warmup; its plain constant would ignore the warm-up).")
+    group.add_argument("--lr_warmup_steps", type=int, default=500, help="Optimizer steps of linear warm-up from 0 to --learning_rate (every schedule, constant included).")
     group.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimizer step.")
     group.add_argument("--gradient_checkpointing", action="store_true", help="Recompute UNet activations in the backward pass to save memory.")
     group.add_argument("--max_train_steps", type=int, default=None, help="Total optimizer steps; overrides --num_train_epochs.")
@@ -51,32 +58,46 @@ def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None, help="Seed for a reproducible run.")
 
     group = parser.add_argument_group("checkpoints and logging")
-    group.add_argument("--output_dir", type=str, required=True, help="Where checkpoints, validation outputs, logs and the final pipeline go.")
+    group.add_argument("--output_dir", type=str, required=True, help=(
+        "Where checkpoints, validation outputs, logs and the final pipeline go. A folder holding an earlier run (checkpoints or a "
+        "saved pipeline) is refused unless --resume_from_checkpoint continues it or --overwrite_output_dir replaces it."))
+    group.add_argument("--overwrite_output_dir", action="store_true", help=(
+        "Start over in an --output_dir that holds an earlier run: first remove what training wrote there (checkpoints, the saved "
+        "pipeline, validation outputs, the TensorBoard folder inside it, train.log); other files stay."))
     group.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint-<step>/ every this many optimizer steps.")
-    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints (oldest removed after the new one is complete).")
+    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints of this run (its oldest removed after the new one is complete; another run's are never counted or removed).")
     group.add_argument("--resume_from_checkpoint", type=str, default=None, help='A checkpoint folder, or "latest" for the newest in --output_dir (a fresh start if there is none).')
     group.add_argument("--report_to", type=str, default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
     group.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir.")
 
 
 def parse_training_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Add the shared flags to a script's parser, parse, and refuse values that cannot work, before any model is loaded."""
+    """Add the shared flags to a script's parser, parse, and refuse values that cannot work and an --output_dir that holds
+    another run, before any model is loaded."""
     add_shared_training_args(parser)
     args = parser.parse_args(argv)
     check_shared_args(args)
+    check_training_output_dir(args)
     return args
+
+
+def require_at_least(args, minimum: int, *names: str) -> None:
+    """Refuse count flags below `minimum` (e.g. 0 steps between checkpoints would divide by zero after step 1)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise SetupError(f"--{name} must be at least {minimum}, got {value}")
 
 
 def check_shared_args(args) -> None:
     """Refuse flag values that cannot work, before any model is loaded."""
-    if args.gradient_accumulation_steps < 1:
-        raise SetupError("--gradient_accumulation_steps must be at least 1")
-    if args.max_nonfinite_steps < 1:
-        raise SetupError("--max_nonfinite_steps must be at least 1")
-    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise SetupError("--checkpoints_total_limit must be at least 1")
+    require_at_least(args, 1, "gradient_accumulation_steps", "max_nonfinite_steps", "checkpoints_total_limit", "checkpointing_steps",
+                     "max_train_steps", "num_train_epochs")
+    require_at_least(args, 0, "lr_warmup_steps")
     if args.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
         raise SetupError("--report_to wandb needs the wandb package: pip install wandb")
+    if args.report_to in ("wandb", "all") and (problem := wandb_login_problem()):
+        raise SetupError(f"--report_to {args.report_to}: {problem}")
     if args.enable_xformers_memory_efficient_attention and importlib.util.find_spec("xformers") is None:
         raise SetupError("--enable_xformers_memory_efficient_attention: xformers is not installed (pip install xformers), or drop the flag to use PyTorch's scaled-dot-product attention")
     if args.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
@@ -176,12 +197,43 @@ def setup_logging(accelerator, output_dir) -> None:
         getattr(library.utils.logging, f"set_verbosity_{library_verbosity}")()
 
 
+def check_processes_connected(accelerator) -> None:
+    """Refuse processes that a launcher started together but that do not form one run (e.g. a multi-GPU accelerate config
+    on a machine without GPUs): each would train alone and write the same checkpoints."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        if int(os.environ.get("RANK", "0")) != 0:
+            # The first process says why; the others stop without repeating it.
+            sys.exit(2)
+        raise SetupError(
+            f"the launcher started {launched} processes, but they are not connected ({accelerator.device.type} only, "
+            f"distributed type {accelerator.distributed_type.value}): each would train alone and overwrite the same checkpoints. "
+            "Without GPUs run one process (accelerate launch --num_processes 1 ...) or connected CPU processes "
+            "(ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 ...)")
+
+
+def check_precision_runs(accelerator) -> None:
+    """Refuse fp16 where Accelerate cannot run it (the CPU: no fp16 autocast and no loss scaling, so nothing would be mixed
+    precision and GenEx's UNet, fp32 trainable and fp16 frozen weights in one module, fails at step 1)."""
+    if accelerator.mixed_precision == "fp16" and not accelerator.native_amp:
+        raise SetupError(f"--mixed_precision fp16 (from the flag or the accelerate config): Accelerate cannot run fp16 on "
+                         f"{accelerator.device.type}; use --mixed_precision bf16 or --mixed_precision no")
+
+
 def start_run(args, script_logger: logging.Logger):
-    """The Accelerator, logging (console and train.log), the seed and TF32, before any model loads; returns the Accelerator."""
+    """The Accelerator (refused when its processes are not connected or its precision cannot run), --overwrite_output_dir,
+    logging (console and train.log), the seed and TF32, before any model loads; returns the Accelerator."""
     refuse_unsupported_engines(args)
     accelerator = create_accelerator(args)
     refuse_unsupported_engines(args, accelerator.distributed_type)
+    check_processes_connected(accelerator)
+    check_precision_runs(accelerator)
+    # Only the main process removes the earlier run; the others wait, so none writes into a folder being cleared.
+    removed = clear_earlier_run(args.output_dir, args.logging_dir) if args.overwrite_output_dir and accelerator.is_main_process else []
+    accelerator.wait_for_everyone()
     setup_logging(accelerator, args.output_dir)
+    if removed:
+        script_logger.info("--overwrite_output_dir: removed the earlier run's %s", ", ".join(sorted(p.name for p in removed)))
     script_logger.info(accelerator.state)
     if args.seed is not None:
         set_seed(args.seed)
@@ -208,6 +260,7 @@ def finish_run(run: TrainingRun, save: Callable[[torch.nn.Module], None]) -> Non
     if accelerator.is_main_process:
         with ema_weights_swapped_in(run.ema, run.params):
             save(accelerator.unwrap_model(run.model))
+        share_saved_pipeline(run.args.output_dir)
         logging.getLogger(__name__).info("Saved the trained pipeline to %s", run.args.output_dir)
     accelerator.end_training()
 
@@ -245,10 +298,19 @@ def training_length(args, num_batches_per_process: int) -> tuple[int, int, int]:
     return max_train_steps, num_train_epochs, steps_per_epoch
 
 
+def lr_schedule_name(lr_scheduler: str, lr_warmup_steps: int) -> str:
+    """The diffusers schedule that does what the flags say: diffusers' "constant" ignores warm-up, "constant_with_warmup" does not."""
+    return "constant_with_warmup" if lr_scheduler == "constant" and lr_warmup_steps > 0 else lr_scheduler
+
+
 def create_lr_scheduler(optimizer, args, max_train_steps: int, num_processes: int):
     """diffusers' scheduler, counted in optimizer steps (Accelerate steps it once per process)."""
+    name = lr_schedule_name(args.lr_scheduler, args.lr_warmup_steps)
+    if name != args.lr_scheduler:
+        logging.getLogger(__name__).info("--lr_scheduler %s with --lr_warmup_steps %d: linear warm-up over %d optimizer steps, then constant "
+                                         "(diffusers' %s)", args.lr_scheduler, args.lr_warmup_steps, args.lr_warmup_steps, name)
     return get_scheduler(
-        args.lr_scheduler,
+        name,
         optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * num_processes,
         num_training_steps=max_train_steps * num_processes,
@@ -276,14 +338,14 @@ def prepare_training(accelerator, args, model, params: list, dataloader, batch_s
         ema.to(accelerator.device)
     register_trainable_weights_hooks(accelerator)
     init_trackers(accelerator, project, args)
-    global_step, first_epoch, batches_to_skip = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
+    global_step, first_epoch, batches_to_skip, run_id = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
     logging.getLogger(__name__).info(
         "%d %s, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation", len(dataloader.dataset), items, num_train_epochs,
         max_train_steps, batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
     progress = tqdm(total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     return TrainingRun(accelerator, args, model, optimizer, dataloader, lr_scheduler, list(params), ema, ema_names, generator,
                        global_step, max_train_steps, num_train_epochs, first_epoch, batches_to_skip,
-                       NonFiniteLossGuard(accelerator, args.max_nonfinite_steps), progress)
+                       NonFiniteLossGuard(accelerator, args.max_nonfinite_steps), progress, run_id=run_id)
 
 
 def create_ema(named_params: list[tuple[str, torch.nn.Parameter]], decay: float):

@@ -1,7 +1,9 @@
 """The SVD components of a pipeline folder as GenEx-Explorer trains them: loading, the trainable set, device placement, saving."""
 
 import contextlib
+import json
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -15,8 +17,12 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from common.checkpoints import load_trainable_state_dict, trainable_state_dict
 from common.cli import SetupError, model_folder_error
+from common.files import write_json_atomic
+from common.output_dir import TRAINED_SETTINGS
 
 TRAINABLE_MARKER = "temporal_transformer_block"
+# What a pipeline generates with when neither the user nor its training says otherwise: SVD-xt's own settings.
+SAMPLING_DEFAULTS = {"width": 1024, "height": 576, "num_frames": 25, "fps": 7, "motion_bucket_id": 127}
 
 
 class Encoders(NamedTuple):
@@ -124,10 +130,34 @@ def build_pipeline(path: str, unet, encoders: Encoders) -> StableVideoDiffusionP
                                         feature_extractor=encoders.feature_extractor)
 
 
-def save_final_pipeline(path: str, variant, trained_unet, output_dir) -> None:
-    """Write `output_dir` as a complete SVD pipeline: the base's frozen weights bit for bit, the trained temporal blocks."""
+def save_final_pipeline(path: str, variant, trained_unet, output_dir, settings: dict) -> None:
+    """Write `output_dir` as a complete SVD pipeline: the base's frozen weights bit for bit, the trained temporal blocks,
+    and beside model_index.json the `settings` it was trained with (see trained_settings)."""
     final_unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet", variant=variant)
     select_temporal_blocks(final_unet)
     load_trainable_state_dict(final_unet, trainable_state_dict(trained_unet), "trained UNet")
     pipeline = StableVideoDiffusionPipeline.from_pretrained(path, unet=final_unet, variant=variant)
     pipeline.save_pretrained(output_dir)
+    write_json_atomic(Path(output_dir) / TRAINED_SETTINGS, settings)
+
+
+def trained_settings(model_dir) -> dict:
+    """What train_world_explorer.py trained a pipeline at (width, height, num_frames, fps, motion_bucket_id, base model), from the
+    trained_settings.json it writes beside model_index.json; empty for a pipeline this project did not train (e.g. the base SVD)."""
+    path = Path(model_dir) / TRAINED_SETTINGS
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error}); delete it to sample with the defaults, or give the flags") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: expected an object of training settings, got {type(settings).__name__}")
+    return settings
+
+
+def sampling_settings(model_dir, **given) -> dict:
+    """Width, height, num_frames, fps and motion_bucket_id to generate with: each flag given (not None), else what the model was
+    trained at, else SVD-xt's defaults (SAMPLING_DEFAULTS)."""
+    trained = trained_settings(model_dir)
+    return {name: given[name] if given.get(name) is not None else trained.get(name, default) for name, default in SAMPLING_DEFAULTS.items()}

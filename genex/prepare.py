@@ -1,13 +1,19 @@
 """Genex-DB-World-Exploration -> frame folders for GenEx-Explorer training.
 
-Reads both published layouts of the dataset: per scene, parquet (or CSV) files whose `video`
-column holds mp4 bytes, or folders of video files. Scene names match case-insensitively ignoring
-punctuation, so `--scene_types real_world` finds `Real-World/`. Writes
+Reads the three published layouts of the dataset: per scene, parquet (or CSV) files whose `video`
+column holds mp4 bytes; per scene, folders of video files; or one table for all scenes split in
+shards (`data/train-00000-of-00229.parquet` ...) whose `label` class-label column names each row's
+scene (the names are in the parquet's `huggingface` schema metadata, as HF datasets writes them).
+Scene names match case-insensitively ignoring punctuation, so `--scene_types real_world` finds
+`Real-World/`. Writes
 
-    <output_dir>/<scene>/video_00001/frame_0001.jpg ... frame_0050.jpg
+    <output_dir>/<scene>/video_00001/frame_0001.jpg ... frame_0050.jpg, prepare.json
 
-with frames evenly spaced over the whole video. Videos are numbered in sorted source order, so a
-rerun maps each video to the same folder and skips the ones already written. Each video is
+with frames evenly spaced over the whole video, and in prepare.json the settings the frames were
+made with (frames per video, size, JPEG quality) and their source. Videos are numbered per scene in
+sorted source order, so a rerun maps each video to the same folder and skips the ones already
+written with the same settings; a finished video made with other settings stops the run before
+anything is written, unless `redo_other_settings` asks to extract those again. Each video is
 written into a hidden `.video_XXXXX.partial` folder and renamed when complete: an interrupted run
 never leaves a folder that looks finished, and the next run removes its leftovers.
 """
@@ -16,6 +22,7 @@ import ast
 import csv
 import io
 import itertools
+import json
 import os
 import re
 import shutil
@@ -29,9 +36,10 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from tqdm import tqdm
 
-from common.files import DiskFullError, WorkerDied, WorkerPool, atomic_folder, clean_staging_folders, write_file
+from common.files import DiskFullError, WorkerDied, WorkerPool, atomic_folder, check_writable, clean_staging_folders, write_file, write_json_atomic
 from common.video import VideoDecodeError, VideoSource, evenly_spaced_indices, iter_video_frames, video_stream
 
 SCENE_TYPES = ("realistic", "low_texture", "anime", "real_world")
@@ -44,10 +52,18 @@ SEARCH_DEPTH = 3
 # Sharded file names such as realistic-00000-of-00004.parquet name their scene before the suffix.
 SHARD_SUFFIX = re.compile(r"[-_]\d+[-_]of[-_]\d+$")
 LFS_POINTER = b"version https://git-lfs"
+# The column of the one-table layout whose class names are the scene types.
+LABEL_COLUMN = "label"
+SETTINGS_FILE = "prepare.json"
+VIDEO_FOLDER = re.compile(r"^video_\d{5}$")
 
 
 class DatasetLayoutError(ValueError):
     """The dataset path, a requested scene or one of its files cannot be found or read as a table."""
+
+
+class OtherSettingsError(ValueError):
+    """Finished videos of the output folder were made with other settings than this run's."""
 
 
 def default_num_workers() -> int:
@@ -75,15 +91,39 @@ def _source_files(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def find_scene_sources(dataset_path, scene_types: Sequence[str]) -> dict[str, list[Path]]:
-    """Source files per requested scene type (empty list: not found).
+@dataclass(frozen=True)
+class LabelledRows:
+    """The rows of a table (the one-table layout) whose class-label `column` holds `label`: one scene's share of a shard."""
+
+    path: Path
+    column: str
+    label: int
+
+
+def class_label_names(path: Path) -> Optional[tuple[str, list[str]]]:
+    """(column, class names) of the class-label column that HF datasets recorded in a parquet file's `huggingface` schema
+    metadata ({"info": {"features": {"label": {"_type": "ClassLabel", "names": [...]}}}}); None when there is none."""
+    try:
+        schema = pq.read_schema(path)
+        features = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]
+    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError):
+        return None
+    labels = {column: feature["names"] for column, feature in features.items()
+              if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and isinstance(feature.get("names"), list) and column in schema.names}
+    column = LABEL_COLUMN if LABEL_COLUMN in labels else next(iter(labels), None)
+    return (column, labels[column]) if column else None
+
+
+def find_scene_sources(dataset_path, scene_types: Sequence[str]) -> dict[str, list]:
+    """Sources per requested scene type (empty list: not found): files, or LabelledRows of shared tables.
 
     A folder named after a scene claims every source file under it; a parquet/CSV/video file named
-    after a scene (shard suffix ignored) belongs to it too.
+    after a scene (shard suffix ignored) belongs to it too; any other parquet file whose class-label
+    column names a scene gives that scene its rows.
     """
     root = Path(dataset_path)
     wanted = {scene_key(scene): scene for scene in scene_types}
-    found: dict[str, list[Path]] = {scene: [] for scene in scene_types}
+    found: dict[str, list] = {scene: [] for scene in scene_types}
     for dirpath, dirnames, filenames in os.walk(root):
         depth = len(Path(dirpath).relative_to(root).parts)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -97,6 +137,11 @@ def find_scene_sources(dataset_path, scene_types: Sequence[str]) -> dict[str, li
             scene = wanted.get(scene_key(SHARD_SUFFIX.sub("", path.stem)))
             if scene is not None and _is_source(path):
                 found[scene].append(path)
+            elif path.suffix.lower() == ".parquet" and not name.startswith(".") and (labels := class_label_names(path)):
+                column, names = labels
+                for label, label_name in enumerate(names):
+                    if scene_key(label_name) in wanted:
+                        found[wanted[scene_key(label_name)]].append(LabelledRows(path, column, label))
         if depth + 1 >= SEARCH_DEPTH:
             dirnames.clear()
     return found
@@ -157,28 +202,50 @@ def _file_head(path: Path) -> bytes:
         return b""
 
 
-def _parquet_jobs(path: Path, origin: str, numbers: Iterator[int], is_done: Callable[[int], bool]) -> Iterator[VideoJob]:
+def _open_table(path: Path) -> pq.ParquetFile:
     try:
         table = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as error:
         raise DatasetLayoutError(f"{path}: not a readable parquet file ({error}){_lfs_hint(_file_head(path))}") from None
     if VIDEO_COLUMN not in table.schema_arrow.names:
         raise DatasetLayoutError(f"{path}: no '{VIDEO_COLUMN}' column (columns: {', '.join(table.schema_arrow.names)})")
-    row = 0
+    return table
+
+
+def _group_rows(table: pq.ParquetFile, group: int, path: Path, rows: Optional[LabelledRows]) -> list[int]:
+    """The rows of a row group that belong to the scene: all of them, or those whose class label is the scene's."""
+    if rows is None:
+        return list(range(table.metadata.row_group(group).num_rows))
+    try:
+        labels = table.read_row_group(group, columns=[rows.column]).column(0).to_pylist()
+    except (pa.ArrowException, OSError) as error:
+        raise DatasetLayoutError(f"{path}: row group {group} cannot be read ({error})") from None
+    return [index for index, label in enumerate(labels) if label == rows.label]
+
+
+def _parquet_jobs(path: Path, origin: str, numbers: Iterator[int], is_done: Callable[[int], bool],
+                  rows: Optional[LabelledRows] = None) -> Iterator[VideoJob]:
+    table = _open_table(path)
+    first_row = 0
     for group in range(table.num_row_groups):
-        group_numbers = [next(numbers) for _ in range(table.metadata.row_group(group).num_rows)]
+        indices = _group_rows(table, group, path, rows)
+        group_numbers = [next(numbers) for _ in indices]
         pending = [not is_done(number) for number in group_numbers]
         # Read a row group's bytes only if one of its videos still needs writing, a few rows at a time.
-        cells = _read_cells(table, group, path) if any(pending) else itertools.repeat(None)
-        for number, needed, cell in zip(group_numbers, pending, cells):
-            yield _job(number, f"{origin} row {row}", cell if needed else None, path.parent, needed)
-            row += 1
+        cells = _read_cells(table, group, path, indices) if any(pending) else itertools.repeat(None)
+        for index, number, needed, cell in zip(indices, group_numbers, pending, cells):
+            yield _job(number, f"{origin} row {first_row + index}", cell if needed else None, path.parent, needed)
+        first_row += table.metadata.row_group(group).num_rows
 
 
-def _read_cells(table: pq.ParquetFile, group: int, path: Path) -> Iterator:
+def _read_cells(table: pq.ParquetFile, group: int, path: Path, indices: list[int]) -> Iterator:
+    """The video cells of rows `indices` of a row group, in order; other rows' bytes are not converted."""
+    wanted, start = set(indices), 0
     try:
         for batch in table.iter_batches(batch_size=4, row_groups=[group], columns=[VIDEO_COLUMN]):
-            yield from batch.column(0).to_pylist()
+            column = batch.column(0)
+            yield from (column[i].as_py() for i in range(len(column)) if start + i in wanted)
+            start += len(column)
     except (pa.ArrowException, OSError) as error:
         raise DatasetLayoutError(f"{path}: row group {group} cannot be read ({error})") from None
 
@@ -205,14 +272,16 @@ def _job(number: int, origin: str, cell, base_dir: Path, needed: bool) -> VideoJ
         return VideoJob(number, origin, error=str(error))
 
 
-def iter_video_jobs(files: Sequence[Path], root: Path, is_done: Callable[[int], bool]) -> Iterator[VideoJob]:
+def iter_video_jobs(sources: Sequence, root: Path, is_done: Callable[[int], bool]) -> Iterator[VideoJob]:
     """Every video of a scene in stable order, numbered from 1; data is read only for videos not done."""
     numbers = itertools.count(1)
-    for path in files:
+    for source in sources:
+        rows = source if isinstance(source, LabelledRows) else None
+        path = rows.path if rows else source
         origin = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
         suffix = path.suffix.lower()
         if suffix == ".parquet":
-            yield from _parquet_jobs(path, origin, numbers, is_done)
+            yield from _parquet_jobs(path, origin, numbers, is_done, rows)
         elif suffix == ".csv":
             yield from _csv_jobs(path, origin, numbers, is_done)
         else:
@@ -220,16 +289,20 @@ def iter_video_jobs(files: Sequence[Path], root: Path, is_done: Callable[[int], 
             yield VideoJob(number, origin, None if is_done(number) else path)
 
 
-def count_videos(files: Sequence[Path]) -> Optional[int]:
+def count_videos(sources: Sequence) -> Optional[int]:
     """Number of videos without reading any video data; None when a CSV would have to be read to know."""
     total = 0
-    for path in files:
+    for source in sources:
+        path = source.path if isinstance(source, LabelledRows) else source
         suffix = path.suffix.lower()
         if suffix == ".csv":
             return None
         if suffix == ".parquet":
             try:
-                total += pq.ParquetFile(path).metadata.num_rows
+                if isinstance(source, LabelledRows):
+                    total += pq.read_table(path, columns=[source.column]).column(0).to_pylist().count(source.label)
+                else:
+                    total += pq.ParquetFile(path).metadata.num_rows
             except (pa.ArrowException, OSError):
                 return None
         else:
@@ -276,9 +349,16 @@ def write_frames(source: VideoSource, folder: Path, frames_per_video: int, image
     return written, decoded
 
 
-def extract_video(source: VideoSource, video_dir: Path, frames_per_video: int, image_size: tuple[int, int]) -> int:
-    """Write `frames_per_video` evenly spaced frames (all, if the video is shorter) into `video_dir`; return how many."""
-    with atomic_folder(video_dir) as partial:
+def extraction_settings(frames_per_video: int, image_size: tuple[int, int]) -> dict:
+    """What the frames of a video depend on besides its source: recorded with every finished video, compared on reruns."""
+    return {"frames_per_video": frames_per_video, "image_size": list(image_size), "jpeg_quality": JPEG_QUALITY}
+
+
+def extract_video(source: VideoSource, video_dir: Path, frames_per_video: int, image_size: tuple[int, int], origin: str = "",
+                  replace: bool = False) -> int:
+    """Write `frames_per_video` evenly spaced frames (all, if the video is shorter) into `video_dir`, with their settings and
+    `origin` in prepare.json; return how many. `replace` swaps out a finished folder, only once the new one is complete."""
+    with atomic_folder(video_dir, replace=replace) as partial:
         expected = count_frames(source)
         written, decoded = write_frames(source, partial, frames_per_video, image_size, expected)
         if decoded != expected and decoded > 0:
@@ -288,12 +368,62 @@ def extract_video(source: VideoSource, video_dir: Path, frames_per_video: int, i
             written, decoded = write_frames(source, partial, frames_per_video, image_size, decoded)
         if written == 0:
             raise VideoDecodeError(f"{video_dir.name}: the video has no decodable frames")
+        write_json_atomic(partial / SETTINGS_FILE, extraction_settings(frames_per_video, image_size) | {"source": origin, "frames": written})
     return written
 
 
-def _extract_reporting(source: VideoSource, video_dir: Path, frames_per_video: int, image_size: tuple[int, int]) -> tuple[Optional[int], Optional[str]]:
+def recorded_settings(video_dir: Path) -> dict:
+    """The settings a finished video folder was made with. A folder from before prepare.json existed tells its frame size and
+    count: its frames_per_video is known when it holds that many frames (a short video holds fewer, so it is not known)."""
+    record = video_dir / SETTINGS_FILE
+    if record.is_file():
+        try:
+            settings = json.loads(record.read_text(encoding="utf-8"))
+            return {key: settings[key] for key in extraction_settings(1, (1, 1))}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"unreadable": str(record)}
+    frames = sorted(video_dir.glob("frame_*.jpg"))
+    if not frames:
+        return {}
     try:
-        return extract_video(source, video_dir, frames_per_video, image_size), None
+        with Image.open(frames[0]) as image:
+            size = list(image.size)
+    except OSError:
+        return {"unreadable": str(frames[0])}
+    return {"frames_per_video": len(frames), "image_size": size, "jpeg_quality": JPEG_QUALITY, "inferred": True}
+
+
+def describe_settings(settings: dict) -> str:
+    if "unreadable" in settings:
+        return f"unknown settings ({settings['unreadable']} cannot be read)"
+    if not settings:
+        return "no frames"
+    width, height = settings["image_size"]
+    if settings.get("inferred"):
+        return f"{settings['frames_per_video']} frames of {width}x{height} (no {SETTINGS_FILE}: an older run that recorded no settings)"
+    quality = "" if settings["jpeg_quality"] == JPEG_QUALITY else f", JPEG quality {settings['jpeg_quality']}"
+    return f"--frames_per_video {settings['frames_per_video']} --image_size {width} {height}{quality}"
+
+
+def videos_with_other_settings(scene_dir: Path, settings: dict) -> dict[str, str]:
+    """Finished video folders of a scene made with other settings than `settings`: name -> what they were made with."""
+    if not scene_dir.is_dir():
+        return {}
+    other = {}
+    for folder in sorted(p for p in scene_dir.iterdir() if p.is_dir() and VIDEO_FOLDER.match(p.name)):
+        made = recorded_settings(folder)
+        comparable = {key: made.get(key) for key in settings}
+        # A folder without a record holding fewer frames than asked may be a short video: its frames_per_video is unknown.
+        unknown = made.get("inferred") and made["frames_per_video"] < settings["frames_per_video"]
+        if comparable != settings or unknown:
+            other[folder.name] = describe_settings(made)
+    return other
+
+
+def _extract_reporting(source: VideoSource, video_dir: Path, frames_per_video: int, image_size: tuple[int, int], origin: str,
+                       replace: bool) -> tuple[Optional[int], Optional[str]]:
+    try:
+        return extract_video(source, video_dir, frames_per_video, image_size, origin, replace), None
     except DiskFullError:
         # Every later video would fail the same way: the run stops instead of marking them all bad.
         raise
@@ -308,6 +438,7 @@ def _extract_reporting(source: VideoSource, video_dir: Path, frames_per_video: i
 class SceneReport:
     scene: str
     written: int = 0
+    redone: int = 0
     skipped: int = 0
     short: list[tuple[str, int]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -322,12 +453,14 @@ class PrepareSummary:
     missing: list[str]
 
 
-def _prepare_scene(workers: WorkerPool, scene: str, files: list[Path], root: Path, output_dir: Path, frames_per_video: int, image_size: tuple[int, int], show_progress: bool) -> SceneReport:
+def _prepare_scene(workers: WorkerPool, scene: str, files: list, root: Path, output_dir: Path, frames_per_video: int, image_size: tuple[int, int],
+                   show_progress: bool, redo: frozenset = frozenset()) -> SceneReport:
+    """Extract one scene's videos; those named in `redo` (finished with other settings) are extracted again."""
     report = SceneReport(scene)
     scene_dir = output_dir / scene
     scene_dir.mkdir(parents=True, exist_ok=True)
     report.cleaned_partials = clean_staging_folders(scene_dir, "video_*")
-    done = {p.name for p in scene_dir.iterdir() if p.is_dir()}
+    done = {p.name for p in scene_dir.iterdir() if p.is_dir()} - redo
 
     def is_done(number: int) -> bool:
         return f"video_{number:05d}" in done
@@ -348,15 +481,16 @@ def _prepare_scene(workers: WorkerPool, scene: str, files: list[Path], root: Pat
             else:
                 video_dir = scene_dir / f"video_{job.number:05d}"
                 names[video_dir] = name
-                yield job.source, video_dir, frames_per_video, image_size
+                yield job.source, video_dir, frames_per_video, image_size, job.origin, video_dir.name in redo
 
     try:
-        for (_, video_dir, _, _), result in workers.run(_extract_reporting, extraction_jobs()):
+        for (_, video_dir, *_), result in workers.run(_extract_reporting, extraction_jobs()):
             written, error = (None, str(result)) if isinstance(result, WorkerDied) else result
             if error is not None:
                 report.failed.append((names[video_dir], error))
             else:
                 report.written += 1
+                report.redone += video_dir.name in redo
                 if written < frames_per_video:
                     report.short.append((names[video_dir], written))
             bar.update()
@@ -375,10 +509,12 @@ def prepare_dataset(
     image_size: tuple[int, int] = (1024, 576),
     num_workers: Optional[int] = None,
     show_progress: bool = True,
+    redo_other_settings: bool = False,
 ) -> PrepareSummary:
     """Extract frame folders for every video of the requested scenes; see the module docstring.
 
-    Raises DatasetLayoutError when `dataset_path` is missing or none of the scenes is found there.
+    Raises DatasetLayoutError when `dataset_path` is missing or none of the scenes is found there, and OtherSettingsError,
+    before writing anything, when finished videos were made with other settings (unless `redo_other_settings`).
     """
     root = Path(dataset_path)
     num_workers = num_workers or default_num_workers()
@@ -391,17 +527,30 @@ def prepare_dataset(
     missing = [scene for scene in scene_types if not sources[scene]]
     if len(missing) == len(scene_types):
         entries = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:20]
+        labels = sorted({name for path in root.glob("**/*.parquet") if (found := class_label_names(path)) for name in found[1]})
         raise DatasetLayoutError(
-            f"{root}: none of the scene types {', '.join(scene_types)} found (looked for folders or parquet/csv/video files named after them; "
-            f"found: {', '.join(entries) or 'nothing'})"
+            f"{root}: none of the scene types {', '.join(scene_types)} found (looked for folders or parquet/csv/video files named after them, "
+            f"and parquet tables whose '{LABEL_COLUMN}' class names name them; found: {', '.join(entries) or 'nothing'}"
+            + (f"; class names in its tables: {', '.join(labels)}" if labels else "") + ")"
         )
     output_dir = Path(output_dir)
+    settings = extraction_settings(frames_per_video, tuple(image_size))
+    # Checked for every scene before anything is written: a rerun never mixes frames made two ways.
+    other = {scene: videos_with_other_settings(output_dir / scene, settings) for scene in scene_types if sources[scene]}
+    changed = [(scene, name, made) for scene, videos in other.items() for name, made in videos.items()]
+    if changed and not redo_other_settings:
+        scene, name, made = changed[0]
+        raise OtherSettingsError(
+            f"{output_dir / scene / name}: made with {made}, this run asks {describe_settings(settings)} ({len(changed)} finished video(s) "
+            f"differ); rerun with their settings, choose another --output_dir, or add --redo_other_settings to extract them again")
+    check_writable(output_dir, "--output_dir")
     reports = []
     # On Ctrl-C the queued videos are dropped; their hidden partial folders are cleaned by the next run.
     with WorkerPool(num_workers) as workers:
         for scene in scene_types:
             if sources[scene]:
-                reports.append(_prepare_scene(workers, scene, sources[scene], root, output_dir, frames_per_video, tuple(image_size), show_progress))
+                reports.append(_prepare_scene(workers, scene, sources[scene], root, output_dir, frames_per_video, tuple(image_size), show_progress,
+                                              frozenset(other[scene])))
     return PrepareSummary(frames_per_video, reports, missing)
 
 
@@ -409,8 +558,9 @@ def format_summary(summary: PrepareSummary, dataset_path=None) -> str:
     """The closing report: per scene written / skipped / short / failed, with names and reasons."""
     lines = []
     for report in summary.scenes:
+        redone = f", {report.redone} redone with the new settings" if report.redone else ""
         lines.append(
-            f"{report.scene}: {report.written} written ({len(report.short)} short), {report.skipped} skipped as already done, {len(report.failed)} failed"
+            f"{report.scene}: {report.written} written ({len(report.short)} short{redone}), {report.skipped} skipped as already done, {len(report.failed)} failed"
             + (f"; removed {report.cleaned_partials} unfinished folder(s) of an interrupted run" if report.cleaned_partials else "")
         )
         lines += [f"  short: {name}: {count} of {summary.frames_per_video} frames (the video has no more)" for name, count in report.short]

@@ -6,13 +6,17 @@ with a periodic texture of the world coordinates. Longitude 0 (the image centre)
 the direction the camera walks, so objects ahead grow from frame to frame and the floor texture
 flows outward, as in Genex-DB. Longitude wraps, so the left and right edges meet.
 
-Both published layouts of Genex-DB-World-Exploration are written: per scene a folder of parquet
-shards whose `video` column holds mp4 bytes, or per scene a folder of mp4 files. Scene folders
-carry the published spelling (e.g. `Real-World`), which readers must match loosely.
+The three published layouts of Genex-DB-World-Exploration are written: per scene a folder of parquet
+shards whose `video` column holds mp4 bytes; per scene a folder of mp4 files; or one table for all
+scenes in shards `data/train-0000k-of-0000n.parquet` with a `video` column ({bytes, path}) and a
+`label` class-label column whose names (the scene types) sit in the `huggingface` schema metadata, as
+HF datasets writes a Video and a ClassLabel feature. Scene folders carry the published spelling
+(e.g. `Real-World`), which readers must match loosely.
 """
 
 import argparse
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +29,7 @@ from PIL import Image
 from common.video import encode_video_bytes, write_mp4
 from genex.prepare import SCENE_TYPES
 
+LAYOUTS = ("parquet", "folder", "labelled")
 # Folder names as published on the hub; readers match them case- and punctuation-insensitively.
 PUBLISHED_SCENE_FOLDERS = {"realistic": "Realistic", "low_texture": "Low-Texture", "anime": "Anime", "real_world": "Real-World"}
 CAMERA_HEIGHT = 1.6
@@ -243,19 +248,26 @@ def write_genex_db(
     layout "parquet": `<Scene>/train-0000k-of-0000n.parquet`, column `video` holding mp4 bytes, either
     plain `binary` or the `struct` {"bytes", "path"} that HF datasets writes for Video features.
     layout "folder": `<Scene>/<k>.mp4`. `<Scene>` is the published folder name, e.g. `Real-World`.
+    layout "labelled": `data/train-0000k-of-0000n.parquet` for all scenes, scene after scene, `rows_per_shard`
+    rows a shard (so a shard may hold two scenes), columns `video` ({bytes, path}) and `label` (see LABELLED_METADATA).
     """
-    if layout not in ("parquet", "folder"):
-        raise ValueError(f"layout must be 'parquet' or 'folder', got {layout!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if parquet_video_type not in ("binary", "struct"):
         raise ValueError(f"parquet_video_type must be 'binary' or 'struct', got {parquet_video_type!r}")
+
+    def scene_videos(scene_number: int, scene_type: str) -> list[np.ndarray]:
+        return [render_forward_video(num_frames, width, height, seed=seed * 1000 + scene_number * 100 + k, scene_type=scene_type)
+                for k in range(videos_per_scene)]
+
+    if layout == "labelled":
+        rows = [(scene_type, frames) for number, scene_type in enumerate(scene_types) for frames in scene_videos(number, scene_type)]
+        return write_labelled_table(Path(root) / "data", rows, list(scene_types), fps, rows_per_shard)
     written = {}
     for scene_number, scene_type in enumerate(scene_types):
         folder = Path(root) / PUBLISHED_SCENE_FOLDERS[scene_type]
         folder.mkdir(parents=True, exist_ok=True)
-        videos = [
-            render_forward_video(num_frames, width, height, seed=seed * 1000 + scene_number * 100 + k, scene_type=scene_type)
-            for k in range(videos_per_scene)
-        ]
+        videos = scene_videos(scene_number, scene_type)
         if layout == "folder":
             written[scene_type] = [write_mp4(frames, folder / f"{k:05d}.mp4", fps=fps) for k, frames in enumerate(videos)]
             continue
@@ -271,6 +283,31 @@ def write_genex_db(
             path = folder / f"train-{shard_index:05d}-of-{len(shards):05d}.parquet"
             pq.write_table(pa.table({"video": column}), path, row_group_size=1)
             written[scene_type].append(path)
+    return written
+
+
+def labelled_metadata(label_names: Sequence[str]) -> bytes:
+    """The `huggingface` schema metadata that HF datasets writes for features {"video": Video(), "label": ClassLabel(names)}."""
+    features = {"video": {"_type": "Video"}, "label": {"names": list(label_names), "_type": "ClassLabel"}}
+    return json.dumps({"info": {"features": features}}).encode()
+
+
+def write_labelled_table(folder: Path, rows: list[tuple[str, np.ndarray]], label_names: list[str], fps: float, rows_per_shard: int) -> dict[str, list[Path]]:
+    """The one-table layout: (scene, frames) rows as `video` {bytes, path} and `label` columns in shards; the shards per scene."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = [rows[i : i + rows_per_shard] for i in range(0, len(rows), rows_per_shard)]
+    video_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    written: dict[str, list[Path]] = {scene: [] for scene in label_names}
+    for index, shard in enumerate(shards):
+        first = index * rows_per_shard
+        table = pa.table({
+            "video": pa.array([{"bytes": encode_video_bytes(frames, fps=fps), "path": f"{first + k:05d}.mp4"} for k, (_, frames) in enumerate(shard)], video_type),
+            "label": pa.array([label_names.index(scene) for scene, _ in shard], pa.int64()),
+        })
+        path = folder / f"train-{index:05d}-of-{len(shards):05d}.parquet"
+        pq.write_table(table.replace_schema_metadata({b"huggingface": labelled_metadata(label_names)}), path, row_group_size=1)
+        for scene in dict.fromkeys(scene for scene, _ in shard):
+            written[scene].append(path)
     return written
 
 
@@ -292,14 +329,17 @@ def write_validation_panoramas(folder, count: int = 2, width: int = 256, height:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write a synthetic Genex-DB-World-Exploration (mp4 forward walks through textured rooms).")
     parser.add_argument("--output_dir", required=True, help="Folder to write the dataset into.")
-    parser.add_argument("--layout", choices=("parquet", "folder"), default="folder", help="parquet: per-scene parquet shards with a `video` column of mp4 bytes; folder: per-scene folders of mp4 files.")
+    parser.add_argument("--layout", choices=LAYOUTS, default="folder", help=(
+        "parquet: per-scene parquet shards with a `video` column of mp4 bytes; folder: per-scene folders of mp4 files; labelled: one "
+        "table for all scenes in shards data/train-0000k-of-0000n.parquet with `video` ({bytes, path}) and `label` (class names = scene types) columns."))
     parser.add_argument("--scene_types", nargs="+", choices=SCENE_TYPES, default=list(SCENE_TYPES), help="Scene types to write.")
     parser.add_argument("--videos_per_scene", type=int, default=2, help="Videos per scene type.")
     parser.add_argument("--num_frames", type=int, default=20, help="Frames per video.")
     parser.add_argument("--width", type=int, default=128, help="Panorama width in pixels (2x the height for a full sphere).")
     parser.add_argument("--height", type=int, default=64, help="Panorama height in pixels.")
     parser.add_argument("--fps", type=float, default=12.0, help="Frame rate stored in the mp4 files.")
-    parser.add_argument("--parquet_video_type", choices=("binary", "struct"), default="binary", help="parquet layout only: plain mp4 bytes, or the {bytes, path} struct of HF datasets.")
+    parser.add_argument("--parquet_video_type", choices=("binary", "struct"), default="binary", help="parquet layout only: plain mp4 bytes, or the {bytes, path} struct of HF datasets (the labelled layout always writes the struct).")
+    parser.add_argument("--rows_per_shard", type=int, default=2, help="parquet and labelled layouts: videos per parquet shard.")
     parser.add_argument("--num_validation_panoramas", type=int, default=0, help="Also write this many PNG panoramas into <output_dir>/validation_panoramas.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the rooms; the same seed writes the same dataset.")
     return parser.parse_args(argv)
@@ -309,7 +349,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     written = write_genex_db(
         args.output_dir, args.layout, args.scene_types, args.videos_per_scene, args.num_frames,
-        args.width, args.height, args.seed, args.fps, args.parquet_video_type,
+        args.width, args.height, args.seed, args.fps, args.parquet_video_type, args.rows_per_shard,
     )
     for scene_type, paths in written.items():
         print(f"{scene_type}: {len(paths)} file(s) in {paths[0].parent if paths else args.output_dir}")

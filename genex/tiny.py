@@ -18,6 +18,8 @@ from diffusers import (
 )
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from common.output_dir import share_saved_pipeline
+
 # The scheduler of stabilityai/stable-video-diffusion-img2vid-xt-1-1 (EDM v-prediction, continuous timesteps).
 SVD_SCHEDULER_CONFIG = dict(
     beta_start=0.00085,
@@ -87,6 +89,7 @@ def save_tiny_svd_pipeline(output_dir, seed: int = 0) -> Path:
     """Build the tiny pipeline and save it (safetensors) to `output_dir`; returns the folder."""
     output_dir = Path(output_dir)
     build_tiny_svd_pipeline(seed).save_pretrained(output_dir, safe_serialization=True)
+    share_saved_pipeline(output_dir)
     return output_dir
 
 

@@ -134,6 +134,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             # Sampling only among downloaded videos keeps N per task instead of N minus the missing ones.
             if videos_dir.is_dir():
                 on_disk = keep_videos_on_disk(entries, videos_dir)
+                if entries and not on_disk and per_task[split] > 0:
+                    raise AnnotationError(f"{videos_dir}: holds none of the {len(entries)} videos of {source_name} (<id>.webm, e.g. "
+                                          f"{entries[0]['id']}.webm); nothing was written: give --videos_dir, or download the videos")
                 print(f"{split}: dropped {len(entries) - len(on_disk)} of {len(entries)} entries whose video is not in {videos_dir}")
                 entries = on_disk
             else:

@@ -46,6 +46,15 @@ def unreadable_image(path: Path) -> Optional[str]:
     return None
 
 
+def check_decodable(pairs: datasets.Dataset) -> None:
+    """Decode every frame of `pairs` (the validation pairs, read at every validation); one that does not decode is an error naming it."""
+    files = pairs.cast_column("input_image", datasets.Image(decode=False)).cast_column("edited_image", datasets.Image(decode=False))
+    for path in [image["path"] for column in ("input_image", "edited_image") for image in files[column]]:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except (OSError, ValueError) as error:
+            raise PairDatasetError(f"{path}: cannot decode image ({error}); validation reads it: re-extract that video") from None
 def pair_records(entries: list[dict], annotation_file, frames_dir, input_frame_idx: int, target_frame_idx: int,
                  add_progress: bool) -> tuple[list[dict], Counter]:
     """The pair rows of `entries`, and the count of skipped videos by reason."""

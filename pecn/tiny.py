@@ -25,6 +25,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from common.output_dir import share_saved_pipeline
 from pecn.prompts import build_prompt
 from pecn.tasks import TASK_TEMPLATES
 
@@ -226,6 +227,7 @@ def save_tiny_pipeline(kind: str, output_dir, seed: int = 0) -> Path:
     PIPELINE_BUILDERS[kind](seed).save_pretrained(output_dir, safe_serialization=True)
     # Keep CLIP's own vocabulary files beside tokenizer.json, as the hub's Stable Diffusion folders do.
     write_tiny_clip_tokenizer(output_dir / "tokenizer")
+    share_saved_pipeline(output_dir)
     return output_dir
 
 

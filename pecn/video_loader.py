@@ -7,7 +7,10 @@ frame numbers 0-based and zero-padded (00020.png is frame 20; see `frame_path`).
 resized straight to W x H with cv2.INTER_AREA, without cropping: SSv2's 427x240 (or similar)
 frames are squeezed to the square training size, the same for input, target and prediction.
 Afterwards "num_frames" is written into every entry of the annotation files; a video that
-cannot be extracted keeps its entry, marked with "num_frames": 0 and "extract_error".
+cannot be extracted keeps its entry, marked with "num_frames": 0 and "extract_error". Frames or
+annotations that cannot be written (a full disk, a folder without write permission) stop the run
+with one line naming the path, and the annotation files stay as they were: no video is marked
+bad for a fault of the output.
 """
 
 import argparse
@@ -22,7 +25,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from common.files import DiskFullError, WorkerDied, WorkerPool, atomic_folder, remove_stale_temps, write_file
+from common.cli import RunError
+from common.files import DiskFullError, WorkerDied, WorkerPool, atomic_folder, check_writable, remove_stale_temps, write_file
 from common.video import VideoDecodeError, iter_video_frames
 from pecn.dataset import AnnotationError, load_annotations, write_json_atomic
 
@@ -96,7 +100,8 @@ def write_frames(video_path: Path, temp_dirs: dict[Size, Path]) -> int:
 
 
 def extract_video(video_path: os.PathLike, video_id: str, frames_dirs: dict[Size, Path]) -> ExtractResult:
-    """Extract one video into each frames dir, skipping sizes already finished; raises only DiskFullError."""
+    """Extract one video into each frames dir, skipping sizes already finished; raises only OSError, for frames that
+    cannot be written (the video itself is read through VideoDecodeError)."""
     video_path = Path(video_path)
     finished = {size: count_frames(Path(root) / video_id) for size, root in frames_dirs.items()}
     todo = [size for size, count in finished.items() if count == 0]
@@ -117,11 +122,10 @@ def extract_video(video_path: os.PathLike, video_id: str, frames_dirs: dict[Size
                 raise VideoDecodeError(f"{video_path}: no frames decoded")
             if known_counts and num_frames not in known_counts:
                 raise VideoDecodeError(f"{video_path}: decoded {num_frames} frames but {known_counts.pop()} were extracted before")
-    except DiskFullError:
-        # Every later video would fail the same way: the run stops instead of marking them all bad.
-        raise
-    except (VideoDecodeError, OSError) as error:
+    except VideoDecodeError as error:
         return ExtractResult(video_id, "failed", error=str(error))
+    # An OSError here is a frame that could not be written (full disk, permissions): every later video would fail the
+    # same way, so it passes on and stops the run instead of marking them all bad.
     return ExtractResult(video_id, "extracted", num_frames)
 
 
@@ -129,7 +133,7 @@ def extract_all(video_ids: Iterable[str], videos_dir: os.PathLike, frames_dirs: 
     """Extract <videos_dir>/<id>.webm for every id, in `num_workers` processes."""
     jobs = [(Path(videos_dir) / f"{video_id}.webm", video_id, frames_dirs) for video_id in dict.fromkeys(video_ids)]
     results = {}
-    # A full disk or Ctrl-C stops the run now, not after every queued video has been tried.
+    # A write error or Ctrl-C stops the run now, not after every queued video has been tried.
     with tqdm(total=len(jobs), desc="extracting frames", unit="video") as progress, WorkerPool(num_workers) as workers:
         for (_, video_id, _), result in workers.run(extract_video, jobs):
             results[video_id] = ExtractResult(video_id, "failed", error=str(result)) if isinstance(result, WorkerDied) else result
@@ -150,6 +154,15 @@ def mark_annotations(entries: list[dict], results: dict[str, ExtractResult]) -> 
             entry.pop("extract_error", None)
         marked.append(entry)
     return marked
+
+
+def check_videos_present(video_ids: list[str], videos_dir: Path, frames_dirs: dict[Size, Path]) -> None:
+    """Refuse a videos folder that holds none of the annotated videos while some are still to extract: every entry would
+    be marked failed (a wrong --videos_dir, or videos not downloaded yet)."""
+    to_extract = [video_id for video_id in video_ids if any(count_frames(Path(root) / video_id) == 0 for root in frames_dirs.values())]
+    if to_extract and not any((videos_dir / f"{video_id}.webm").is_file() for video_id in video_ids):
+        state = "does not exist" if not videos_dir.is_dir() else f"holds none of the {len(video_ids)} annotated videos (<id>.webm, e.g. {video_ids[0]}.webm)"
+        raise AnnotationError(f"{videos_dir}: {state}; nothing was written: give --videos_dir, or download the videos")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -174,17 +187,22 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     try:
         annotations = {path: load_annotations(path) for path in annotation_files}
-    except AnnotationError as error:
+        video_ids = list(dict.fromkeys(entry["id"] for entries in annotations.values() for entry in entries))
+        check_videos_present(video_ids, videos_dir, frames_dirs)
+        # Checked before any video is decoded: frames or annotations that cannot be written would cost the whole run.
+        for folder in frames_dirs.values():
+            check_writable(folder, "--data_root")
+        for path in annotation_files:
+            check_writable(path.parent, "--annotation_files")
+    except (AnnotationError, RunError) as error:
         sys.exit(f"error: {error}")
-    if not videos_dir.is_dir():
-        print(f"warning: {videos_dir} does not exist; every video will be reported missing", file=sys.stderr)
 
-    video_ids = [entry["id"] for entries in annotations.values() for entry in entries]
     try:
         results = extract_all(video_ids, videos_dir, frames_dirs, args.num_workers)
-    except DiskFullError as error:
-        # The annotation files are left as they were: no video is marked bad for a disk that was full.
-        sys.exit(f"error: {error}")
+    except OSError as error:
+        # The annotation files are left as they were: no video is marked bad for frames that could not be written.
+        reason = error if isinstance(error, DiskFullError) or error.filename is None else f"{error.filename}: cannot write the frames ({error.strerror})"
+        sys.exit(f"error: {reason}; the annotation files are unchanged")
 
     statuses = [result.status for result in results.values()]
     print(f"extracted {statuses.count('extracted')}, skipped {statuses.count('skipped')} (already done), failed {statuses.count('failed')}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GenEx-Explorer on the embedded default: tiny random SVD pipeline, synthetic Genex-DB clone
 # (parquet layout), prepare_dataset.py, the latent cache, a few training steps with SCL, validation
-# and a checkpoint, then a video generated from a panorama.
+# and a checkpoint, then a video generated from a panorama. Rerunnable: the data steps skip what is done,
+# and training passes --overwrite_output_dir, so a rerun replaces the demo's earlier model in $OUT/genex_explorer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_DIR:-demo_output}/genex
@@ -20,7 +21,8 @@ echo "== python -m genex.cache_latents (VAE posteriors and CLIP embeddings of ev
 python -m genex.cache_latents --pretrained_model_name_or_path="$OUT/tiny_svd" --base_folder="$OUT/Genex-DB" \
   --cache_dir="$OUT/latent_cache" --width=128 --height=64
 
-echo "== train_world_explorer.py (4 steps from the cached latents, SCL on, checkpoint at step 2, validation at the end)"
+echo "== train_world_explorer.py (4 steps from the cached latents, SCL on, checkpoint at step 2, validation at the end;"
+echo "   --overwrite_output_dir: a rerun of the demo replaces its earlier run in $OUT/genex_explorer)"
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_world_explorer.py \
   --base_folder="$OUT/Genex-DB" --pretrained_model_name_or_path="$OUT/tiny_svd" \
   --num_frames=8 --width=128 --height=64 --output_dir="$OUT/genex_explorer" \
@@ -29,12 +31,12 @@ accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dyna
   --seed=123 --validation_steps=4 --report_to=tensorboard --lr_scheduler=constant \
   --num_validation_images=1 --validation_images_folder="$OUT/genex_db_clone/validation_panoramas" \
   --validation_num_inference_steps=3 --scl_loss --num_scl_samples=2 --num_workers=0 \
-  --latents_cache_dir="$OUT/latent_cache"
+  --latents_cache_dir="$OUT/latent_cache" --overwrite_output_dir
 
 echo "== sample_world_explorer.py"
 panorama=$(ls "$OUT"/genex_db_clone/validation_panoramas/*.png | head -n 1)
 python sample_world_explorer.py --model_dir "$OUT/genex_explorer" --panorama "$panorama" \
-  --output "$OUT/exploration.mp4" --width 128 --height 64 --num_frames 8 --num_inference_steps 3 --yaw 90
+  --output "$OUT/exploration.mp4" --num_inference_steps 3 --yaw 90   # 128x64, 8 frames: what the model was trained at
 
 echo "GenEx-Explorer outputs: frames $OUT/Genex-DB, model $OUT/genex_explorer (checkpoints, validation/, logs/),"
 echo "  generated video $OUT/exploration.mp4"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # PECN on the embedded default: synthetic SSv2 (webm + JSON), filtering, frame extraction, a few
-# progress-enhanced training steps with validation, then sampling with the results table.
+# progress-enhanced training steps with validation, then sampling with the results table. Rerunnable:
+# the data steps skip what is done, and training passes --overwrite_output_dir, so a rerun replaces the
+# demo's earlier model in $OUT/instruct_pix2pix_64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_DIR:-demo_output}/pecn
@@ -14,13 +16,14 @@ echo "== python -m pecn.dataset / python -m pecn.video_loader"
 python -m pecn.dataset --data_root "$OUT/sthv2" --train_per_task 8 --val_per_task 2
 python -m pecn.video_loader --data_root "$OUT/sthv2" --sizes 64x64 --num_workers 2
 
-echo "== train_instruct_pix2pix.py (6 steps, progress prompts, checkpoint at step 3)"
+echo "== train_instruct_pix2pix.py (6 steps, progress prompts, checkpoint at step 3;"
+echo "   --overwrite_output_dir: a rerun of the demo replaces its earlier run in $OUT/instruct_pix2pix_64)"
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_instruct_pix2pix.py \
   --pretrained_model_name_or_path="$OUT/tiny_instruct_pix2pix" --data_root="$OUT/sthv2" --resolution=64 \
   --input_frame_idx=20 --target_frame_idx=21 --add_progress --output_dir="$OUT/instruct_pix2pix_64" \
   --train_batch_size=4 --max_train_steps=6 --checkpointing_steps=3 --checkpoints_total_limit=1 \
   --learning_rate=5e-5 --lr_warmup_steps=0 --validation_epochs=1 --num_validation_images=2 \
-  --validation_num_inference_steps=4 --mixed_precision=no --report_to=tensorboard --seed=42
+  --validation_num_inference_steps=4 --mixed_precision=no --report_to=tensorboard --seed=42 --overwrite_output_dir
 
 echo "== sample_from_pix2pix.sh"
 MODEL_DIR="$OUT/instruct_pix2pix_64" FRAMES_DIR="$OUT/sthv2/frames_64x64" \

@@ -2,6 +2,8 @@
 # PECN quick test: the whole path (pairs, training with checkpoint and validation, saving) on a
 # handful of samples in a few minutes. Uses the prepared SSv2 under DATA_ROOT when it is there;
 # otherwise builds the embedded synthetic SSv2 and a tiny InstructPix2Pix pipeline (no download).
+# Each run starts over: it passes --overwrite_output_dir, replacing the previous quick test in OUTPUT_DIR
+# (only what training wrote there). Point OUTPUT_DIR at a folder of its own, never at a real run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +43,7 @@ args=(
   --learning_rate=5e-5 --lr_warmup_steps=0 --conditioning_dropout_prob=0.05
   --validation_epochs=1 --num_validation_images=2 --validation_num_inference_steps=4
   --mixed_precision=no --report_to=tensorboard --seed=42
+  --overwrite_output_dir
 )
 case "$PROGRESS" in 1|true|True|TRUE) args+=(--add_progress);; esac
 

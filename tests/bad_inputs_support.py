@@ -12,9 +12,11 @@ Case names the entry point a user runs, the builder of its bad input, and what t
 - "fresh start": `--resume_from_checkpoint latest` with no checkpoint trains from step 0 and says so.
 
 A builder takes (tmp folder, shared Env) and returns a Built: the argv of its entry point, the names
-the expected message must mention, and the finished outputs a bad input must not cost. Outputs it
-lists in `keep` (earlier frames, checkpoints, filtered annotations) must be byte for byte the same
-after the run. `try_case` runs one case and `assert_outcome` is the one check of what the user saw.
+the expected message must mention, the environment variables the run sees, and the finished outputs
+a bad input must not cost. Outputs it lists in `keep` (earlier frames, checkpoints, filtered
+annotations, a whole earlier run) must be byte for byte the same after the run; a case that reruns
+into the same folder lists everything the first run wrote. A case with a `code` must exit with
+exactly that code. `try_case` runs one case and `assert_outcome` is the one check of what the user saw.
 """
 
 import hashlib
@@ -22,6 +24,7 @@ import importlib
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -66,6 +69,8 @@ class Built:
     argv: list[str]
     names: dict[str, str] = field(default_factory=dict)
     keep: list[Path] = field(default_factory=list)
+    # Environment variables set for the run (None: unset), restored afterwards.
+    env: dict[str, Optional[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +91,7 @@ class Case:
     says: tuple[str, ...] = ()
     check: Optional[Callable[[Built, Outcome], None]] = None
     xfail: Optional[str] = None
+    code: Optional[int] = None
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -135,6 +141,10 @@ def _exit_code(error: SystemExit) -> int:
 
 def run_main(argv: list[str], module_name: str, wrap: bool):
     """main(argv) of a script; `wrap`: its __main__ goes through common.cli.run_cli."""
+    from accelerate.state import AcceleratorState
+
+    # Each run starts with Accelerate's process-wide state unset, as in the fresh process of a user's command.
+    AcceleratorState._reset_state(reset_partial_state=True)
     main = importlib.import_module(module_name).main
     if wrap:
         return run_cli(lambda: main(argv))
@@ -239,6 +249,8 @@ def assert_outcome(case: Case, built: Built, outcome: Outcome) -> None:
     """What the user sees is what `case.expect` says: one error line, a counted skip, a stop, a correct read or a fresh start."""
     shown = outcome.out + outcome.err + outcome.log
     assert "Traceback" not in shown, shown[-3000:]
+    if case.code is not None:
+        assert outcome.code == case.code, (outcome.code, shown[-3000:])
     if case.expect == "error":
         assert outcome.code != 0, shown[-3000:]
         lines = [line for line in outcome.err.splitlines() if "error:" in line]
@@ -253,10 +265,22 @@ def assert_outcome(case: Case, built: Built, outcome: Outcome) -> None:
         case.check(built, outcome)
 
 
-def try_case(case: Case, env: Env, tmp: Path, capsys, caplog) -> None:
-    """Build the case's input, run its entry point, check what the user saw, and that no finished output changed."""
+def files_under(*folders: Path) -> list[Path]:
+    """Every file under `folders`: what a rerun must leave byte for byte as it was."""
+    return sorted(path for folder in folders for path in Path(folder).rglob("*") if path.is_file())
+
+
+def try_case(case: Case, env: Env, tmp: Path, capsys, caplog, monkeypatch=None) -> None:
+    """Build the case's input, run its entry point, check what the user saw, and that no finished output changed.
+    A case that sets environment variables needs pytest's `monkeypatch`, which restores them."""
     built = case.build(tmp, env)
+    assert monkeypatch is not None or not built.env, "this case sets environment variables: pass monkeypatch"
+    for name, value in built.env.items():
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
     before = digest(built.keep)
+    # What the builder printed or logged (a first run of a rerun case) is not what this run shows.
+    capsys.readouterr()
+    caplog.clear()
     outcome = run_entry(case.entry, built.argv, capsys, caplog)
     assert_outcome(case, built, outcome)
     assert digest(built.keep) == before, "a finished output changed"
@@ -265,6 +289,24 @@ def try_case(case: Case, env: Env, tmp: Path, capsys, caplog) -> None:
 def params(cases: list[Case]) -> list:
     """The cases as pytest parameters named by their ids; a case with `xfail` must fail."""
     return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else []) for c in cases]
+
+
+# ----------------------------------------------------------------------------- folders a run cannot write
+
+
+def unwritable_folder(path: Path) -> Path:
+    """Make `path` a folder this user cannot write into: a read-only folder for an ordinary user; for root, who may write into
+    any folder, a regular file where the folder should be (as when a mount point is missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        path.mkdir()
+        path.chmod(0o555)
+    else:
+        path.write_text("a file where a folder should be")
+    return path
+
+
+UNWRITABLE = r"cannot write into this folder"
 
 
 # ----------------------------------------------------------------------------- videos
@@ -379,8 +421,8 @@ def t2i_folder(tmp: Path, env: Env) -> Path:
 
 
 def checkpoint_folder(tmp: Path, env: Env) -> Path:
-    """A checkpoint-<step> folder given where a pipeline is expected."""
-    folder = tmp / "run" / "checkpoint-2"
+    """A checkpoint-<step> folder given where a pipeline is expected (of a run in another folder than the case's --output_dir)."""
+    folder = tmp / "earlier_run" / "checkpoint-2"
     folder.mkdir(parents=True)
     (folder / "training_state.json").write_text('{"global_step": 2}')
     return folder
@@ -432,6 +474,53 @@ def pipeline_saved(built: Built, outcome: Outcome) -> None:
     assert (Path(built.names["output"]) / "checkpoint-1").is_dir()
 
 
+def earlier_run_folder(output: Path, env: Env, pipeline: Path) -> list[Path]:
+    """What an earlier training run leaves: two checkpoints, a saved pipeline, a validation output, logs and train.log."""
+    for step in (1, 2):
+        folder = output / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "training_state.json").write_text(json.dumps({"global_step": step, "run_id": "earlier"}))
+        (folder / "optimizer.bin").write_bytes(b"earlier optimizer")
+    shutil.copytree(pipeline, output, dirs_exist_ok=True)
+    (output / "validation" / "step_2").mkdir(parents=True)
+    (output / "validation" / "step_2" / "pano.mp4").write_bytes(b"an earlier validation video")
+    (output / "logs" / "run").mkdir(parents=True)
+    (output / "logs" / "run" / "events.out.tfevents.1").write_bytes(b"earlier events")
+    (output / "train.log").write_text("the earlier run's log\n")
+    return files_under(output)
+
+
+# What refusing a folder that holds earlier_run_folder's run says.
+EARLIER_RUN_REFUSED = (r"--output_dir {output}: holds an earlier run \(checkpoint-1, checkpoint-2, a saved pipeline \(model_index.json\)\)",
+                       r"--resume_from_checkpoint latest", r"--overwrite_output_dir")
+
+
+def copy_of_run(run: Path, tmp: Path) -> tuple[Path, list[Path]]:
+    """A copy of a finished run to run again into, and every file of it (which the second run must leave byte for byte)."""
+    shutil.copytree(run, tmp / "run")
+    return tmp / "run", files_under(tmp / "run")
+
+
+def unrelated_files(output: Path) -> list[Path]:
+    """Files a user keeps in an output folder that no training wrote: --overwrite_output_dir must leave them."""
+    (output / "notes.txt").write_text("which runs went where")
+    (output / "my_data").mkdir(parents=True)
+    (output / "my_data" / "frames.txt").write_text("not training's")
+    (output / "validation" / "keep_me.txt").write_text("not a step folder")
+    return [output / "notes.txt", output / "my_data" / "frames.txt", output / "validation" / "keep_me.txt"]
+
+
+def earlier_run_replaced(built: Built, outcome: Outcome) -> None:
+    """--overwrite_output_dir: the earlier run's checkpoints, validation step and logs are gone, this run's are there."""
+    output = Path(built.names["output"])
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert json.loads((output / "checkpoint-1" / "training_state.json").read_text())["run_id"] != "earlier"
+    assert not (output / "validation" / "step_2").exists() and not (output / "logs" / "run").exists()
+    assert "the earlier run's log" not in (output / "train.log").read_text()
+    assert (output / "model_index.json").is_file()
+    assert re.search(r"--overwrite_output_dir: removed the earlier run's .*checkpoint-1, checkpoint-2", outcome.log + outcome.err)
+
+
 # ----------------------------------------------------------------------------- SSv2 frames, for PECN training and sampling
 
 
@@ -447,3 +536,56 @@ def ssv2_pair_in_mode(tmp: Path, env: Env, mode: str) -> tuple[Path, str]:
     (root / "annotations").mkdir()
     (root / "annotations" / "train_filtered.json").write_text(json.dumps([entry]))
     return root, entry["id"]
+
+
+# ----------------------------------------------------------------------------- real runs, whose checkpoints some cases damage
+
+
+REAL_RUNS: dict[str, Path] = {}
+
+
+def real_run(env: Env, script: str, argv: list[str]) -> Path:
+    """A finished 2-step run of `script` (checkpoint-1, checkpoint-2, the pipeline), trained once per session; returns its folder."""
+    if script not in REAL_RUNS:
+        output = env.root / f"real_run_{Path(script).stem}"
+        root = logging.getLogger()
+        handlers = list(root.handlers)
+        try:
+            run_main([*argv, f"--output_dir={output}", "--max_train_steps=2", "--checkpointing_steps=1"], Path(script).stem, wrap=False)
+        finally:
+            for handler in set(root.handlers) - set(handlers):
+                root.removeHandler(handler)
+                handler.close()
+        REAL_RUNS[script] = output
+    return REAL_RUNS[script]
+
+
+def cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+# Ways a checkpoint file gets damaged (a copy cut short, a disk error), and what the user must be told.
+CHECKPOINT_DAMAGE = {
+    "cut-safetensors": ("0_trainable_weights.safetensors", cut_in_half, r"cut short or damaged"),
+    "cut-optimizer": ("optimizer.bin", cut_in_half, r"cut short or damaged"),
+    "empty-scheduler": ("scheduler.bin", lambda path: path.write_bytes(b""), r"is empty"),
+    "garbage-training-state": ("training_state.json", lambda path: path.write_text('{"global_st'), r"not readable JSON"),
+}
+
+
+def damaged_checkpoint_cases(pipeline: str, entry: str, run_of: Callable[[Env], Path], argv_of: Callable[..., list[str]]) -> list[Case]:
+    """One case per CHECKPOINT_DAMAGE: `--resume_from_checkpoint latest` from a copy of a real run (`run_of`) whose newest
+    checkpoint has that file damaged; one line names the file and the previous checkpoint, and no file of the run changes."""
+
+    def build(tmp: Path, env: Env, damage: str) -> Built:
+        output, keep = copy_of_run(run_of(env), tmp)
+        name, spoil, _ = CHECKPOINT_DAMAGE[damage]
+        spoil(output / "checkpoint-2" / name)
+        keep = files_under(output)
+        return Built(argv_of(env, output, "--resume_from_checkpoint=latest", "--max_train_steps=3"),
+                     {"bad": str(output / "checkpoint-2" / name), "previous": str(output / "checkpoint-1")}, keep)
+
+    return [Case(f"{pipeline}-checkpoint-{damage}", entry, partial(build, damage=damage), "error",
+                 (r"{bad}: " + says, r"the checkpoint is damaged", r"--resume_from_checkpoint {previous}"), code=2)
+            for damage, (_, _, says) in CHECKPOINT_DAMAGE.items()]

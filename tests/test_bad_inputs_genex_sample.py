@@ -1,5 +1,7 @@
 """Bad input to sample_world_explorer.py (a panorama -> a forward walk video). The matrix's rules: tests/bad_inputs_support.py."""
 
+import json
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -8,8 +10,8 @@ import av
 import pytest
 from PIL import Image
 
-from bad_inputs_support import (COLOUR_MODES, HEIGHT, WIDTH, Built, Case, Env, Outcome, empty_folder, ip2p_folder, noise_frames, params,
-                                svd_with_4_channel_unet, try_case)
+from bad_inputs_support import (COLOUR_MODES, HEIGHT, UNWRITABLE, WIDTH, Built, Case, Env, Outcome, empty_folder, ip2p_folder, noise_frames, params,
+                                svd_with_4_channel_unet, try_case, unwritable_folder)
 
 ENTRY = "sample_world_explorer.py"
 NOT_SVD = r"not a Stable Video Diffusion pipeline folder"
@@ -93,6 +95,53 @@ CASES.extend(Case(f"sampler-genex-panorama-{mode}", ENTRY, partial(sample_on_pan
                   (r"Wrote 2 frames",), video_written) for mode in ("cmyk", "16bit-gray", "rgba", "grayscale"))
 
 
+# ----------------------------------------------------------------------------- --output, and the defaults a trained model brings
+
+
+def sample_into(tmp: Path, env: Env, make: Callable[[Path], Path]) -> Built:
+    output = make(tmp)
+    return Built(sample_argv(env, good_panorama(tmp), output), {"output": str(output)})
+
+
+def output_in_unwritable_folder(tmp: Path) -> Path:
+    return unwritable_folder(tmp / "videos") / "walk.mp4"
+
+
+def output_is_a_folder(tmp: Path) -> Path:
+    (tmp / "walk.mp4").mkdir()
+    return tmp / "walk.mp4"
+
+
+CASES.append(Case("sampler-genex-output-unwritable", ENTRY, partial(sample_into, make=output_in_unwritable_folder), "error",
+                  (r"--output .*videos", UNWRITABLE), code=2))
+CASES.append(Case("sampler-genex-output-is-a-folder", ENTRY, partial(sample_into, make=output_is_a_folder), "error",
+                  (r"--output {output}: is a folder",), code=2))
+
+
+def model_trained_at_other_settings(tmp: Path, env: Env) -> Built:
+    """A model trained at 128x64, 3 frames, fps 5 (its trained_settings.json, as training writes it), sampled without those flags."""
+    model = tmp / "model"
+    shutil.copytree(env.svd, model)
+    (model / "trained_settings.json").write_text(json.dumps({"width": 2 * WIDTH, "height": 2 * HEIGHT, "num_frames": 3, "fps": 5,
+                                                             "motion_bucket_id": 100}))
+    output = tmp / "walk.mp4"
+    argv = ["--model_dir", str(model), "--panorama", str(good_panorama(tmp)), "--output", str(output), "--num_inference_steps", "1",
+            "--decode_chunk_size", "2", "--device", "cpu"]
+    return Built(argv, {"output": str(output)})
+
+
+def video_at_trained_settings(built: Built, outcome: Outcome) -> None:
+    with av.open(built.names["output"]) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        rate = stream.average_rate
+    assert len(frames) == 3 and frames[0].shape == (WIDTH, 2 * WIDTH, 3) and rate == 5
+
+
+CASES.append(Case("sampler-genex-defaults-to-trained-settings", ENTRY, model_trained_at_other_settings, "works",
+                  (r"Generating 3 frames at 128x64, fps 5, motion bucket 100",), video_at_trained_settings, code=0))
+
+
 @pytest.mark.parametrize("case", params(CASES))
-def test_bad_input(case, matrix_env, tmp_path, capsys, caplog):
-    try_case(case, matrix_env, tmp_path, capsys, caplog)
+def test_bad_input(case, matrix_env, tmp_path, capsys, caplog, monkeypatch):
+    try_case(case, matrix_env, tmp_path, capsys, caplog, monkeypatch)

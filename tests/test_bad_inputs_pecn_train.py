@@ -9,9 +9,10 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from bad_inputs_support import (COLOUR_MODES, NUM_FRAMES, SIZE, Built, Case, Env, Outcome, as_255, assert_colour, empty_folder, fake_checkpoint,
-                                ip2p_trainable, missing_folder, other_shape, params, pipeline_saved, ssv2_pair_in_mode, svd_folder, svd_trainable,
-                                t2i_folder, try_case, with_unet_in_channels)
+from bad_inputs_support import (COLOUR_MODES, EARLIER_RUN_REFUSED, NUM_FRAMES, SIZE, UNWRITABLE, Built, Case, Env, Outcome, as_255, assert_colour,
+                                copy_of_run, cut_in_half, damaged_checkpoint_cases, earlier_run_folder, earlier_run_replaced, empty_folder,
+                                fake_checkpoint, ip2p_trainable, missing_folder, other_shape, params, pipeline_saved, real_run, ssv2_pair_in_mode,
+                                svd_folder, svd_trainable, t2i_folder, try_case, unrelated_files, unwritable_folder, with_unet_in_channels)
 
 ENTRY = "train_instruct_pix2pix.py"
 DATA = "train_instruct_pix2pix.py data"
@@ -204,6 +205,101 @@ CASES.extend(Case(f"pecn-frames-{mode}", DATA, partial(pecn_frames_in_mode, mode
              for mode in COLOUR_MODES)
 
 
+# ----------------------------------------------------------------------------- --output_dir holding an earlier run
+
+
+def pecn_real_run(env: Env) -> Path:
+    return real_run(env, "train_instruct_pix2pix.py", pecn_argv(env, env.root / "unused"))
+
+
+def pecn_into_earlier_run(tmp: Path, env: Env, flags: tuple[str, ...] = ()) -> Built:
+    """train_instruct_pix2pix.py into a folder an earlier run left; every file of it must stay as it was."""
+    output = tmp / "run"
+    return Built(pecn_argv(env, output, *flags), {"output": str(output)}, earlier_run_folder(output, env, env.ip2p))
+
+
+CASES.append(Case("pecn-output-holds-earlier-run", ENTRY, pecn_into_earlier_run, "error", EARLIER_RUN_REFUSED, code=2))
+
+
+def pecn_rerun(tmp: Path, env: Env) -> Built:
+    """The same command run twice: the second run must not touch the first run's files."""
+    output, keep = copy_of_run(pecn_real_run(env), tmp)
+    return Built(pecn_argv(env, output, "--max_train_steps=2"), {"output": str(output)}, keep)
+
+
+CASES.append(Case("pecn-rerun-into-same-folder", ENTRY, pecn_rerun, "error", (r"--output_dir {output}: holds an earlier run", r"checkpoint-2"), code=2))
+
+
+def pecn_overwrite(tmp: Path, env: Env) -> Built:
+    """--overwrite_output_dir over an earlier run, beside files no training wrote (which must stay byte for byte)."""
+    built = pecn_into_earlier_run(tmp, env, flags=("--overwrite_output_dir",))
+    return Built(built.argv, built.names, unrelated_files(tmp / "run"))
+
+
+CASES.append(Case("pecn-overwrite-output-dir", ENTRY, pecn_overwrite, "works", (), earlier_run_replaced, code=0))
+
+
+# ----------------------------------------------------------------------------- mistakes caught before the first step
+
+
+CASES.extend(Case(f"pecn-{flag}-{value}", ENTRY, partial(pecn_with_flags, flags=(f"--{flag}={value}",)), "error",
+                  (fr"--{flag} must be at least {minimum}, got {value}",), code=2)
+             for flag, value, minimum in (("checkpointing_steps", 0, 1), ("validation_epochs", 0, 1), ("num_train_epochs", 0, 1),
+                                          ("train_batch_size", 0, 1)))
+CASES.append(Case("pecn-fp16-on-cpu", ENTRY, partial(pecn_with_flags, flags=("--mixed_precision=fp16",)), "error",
+                  (r"--mixed_precision fp16", r"cannot run fp16 on cpu", r"use --mixed_precision bf16 or --mixed_precision no"), code=2))
+
+
+def pecn_wandb_not_logged_in(tmp: Path, env: Env) -> Built:
+    (tmp / "home").mkdir()
+    variables = {"WANDB_MODE": None, "WANDB_API_KEY": None, "WANDB_IDENTITY_TOKEN_FILE": None, "NETRC": None, "HOME": str(tmp / "home")}
+    return Built(pecn_argv(env, tmp / "run", "--report_to=wandb"), env=variables)
+
+
+CASES.append(Case("pecn-wandb-not-logged-in", ENTRY, pecn_wandb_not_logged_in, "error",
+                  (r"--report_to wandb: not logged in to Weights & Biases", r"WANDB_MODE=offline"), code=2))
+
+
+def pecn_output_unwritable(tmp: Path, env: Env) -> Built:
+    output = unwritable_folder(tmp / "run")
+    return Built(pecn_argv(env, output), {"output": str(output)})
+
+
+CASES.append(Case("pecn-output-unwritable", ENTRY, pecn_output_unwritable, "error", (r"--output_dir {output}", UNWRITABLE), code=2))
+
+
+def pecn_processes_not_connected(tmp: Path, env: Env) -> Built:
+    """A world of 2 processes that Accelerate runs as 1 (see genex-processes-not-connected)."""
+    return Built(pecn_argv(env, tmp / "run"), env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": None})
+
+
+CASES.append(Case("pecn-processes-not-connected", ENTRY, pecn_processes_not_connected, "error",
+                  (r"the launcher started 2 processes, but they are not connected",), code=2))
+
+
+def pecn_validation_frame_broken(tmp: Path, env: Env) -> Built:
+    """A validation pair whose target frame is cut short (its header reads, its pixels do not): the run must stop before step 1,
+    not at the end of its first epoch."""
+    root = pecn_data_copy(tmp, env)
+    frames = root / f"frames_{SIZE}x{SIZE}"
+    frames.unlink()
+    shutil.copytree(env.ssv2 / f"frames_{SIZE}x{SIZE}", frames)
+    entry = next(e for e in json.loads((root / "annotations" / "val_filtered.json").read_text()) if e["num_frames"] == NUM_FRAMES)
+    (root / "annotations" / "val_filtered.json").write_text(json.dumps([entry]))
+    cut_in_half(frames / entry["id"] / "00021.png")
+    argv = pecn_argv(env, tmp / "run", "--num_validation_images=1", data_root=root)
+    return Built(argv, {"bad": str(frames / entry["id"] / "00021.png")})
+
+
+CASES.append(Case("pecn-validation-frame-broken", ENTRY, pecn_validation_frame_broken, "error", (r"{bad}: cannot decode image",), code=2))
+
+
+# ----------------------------------------------------------------------------- a damaged checkpoint
+
+
+CASES.extend(damaged_checkpoint_cases("pecn", ENTRY, pecn_real_run, pecn_argv))
+
+
 @pytest.mark.parametrize("case", params(CASES))
-def test_bad_input(case, matrix_env, tmp_path, capsys, caplog):
-    try_case(case, matrix_env, tmp_path, capsys, caplog)
+def test_bad_input(case, matrix_env, tmp_path, capsys, caplog, monkeypatch):
+    try_case(case, matrix_env, tmp_path, capsys, caplog, monkeypatch)

@@ -9,15 +9,16 @@ from typing import Callable
 
 import pytest
 
-from bad_inputs_support import (DECODE_FAILURE, NUM_FRAMES, SIZE, Built, Case, Env, Outcome, cut_before_first_frame, cut_mid_stream, image_bytes,
-                                noise_frames, params, try_case, write_video)
+from bad_inputs_support import (DECODE_FAILURE, NUM_FRAMES, SIZE, UNWRITABLE, Built, Case, Env, Outcome, cut_before_first_frame, cut_mid_stream,
+                                image_bytes, noise_frames, params, try_case, unwritable_folder, write_video)
 
 ENTRY = "pecn.video_loader"
 CASES: list[Case] = []
 
 
 def extract_with_broken_video(tmp: Path, env: Env, break_video: Callable[[Path], None]) -> Built:
-    """pecn.video_loader over three videos; the first is broken by `break_video`, the second was extracted before."""
+    """pecn.video_loader over three videos; the first is broken by `break_video`, the second was extracted before.
+    `break_video` may return what else the run must leave as it was (the annotation file, when nothing may be written)."""
     root = tmp / "sthv2"
     entries = [{k: v for k, v in e.items() if k not in ("num_frames", "extract_error")}
                for e in json.loads((env.ssv2 / "annotations" / "val_filtered.json").read_text()) if e["num_frames"] == NUM_FRAMES][:3]
@@ -29,9 +30,10 @@ def extract_with_broken_video(tmp: Path, env: Env, break_video: Callable[[Path],
         shutil.copy(env.ssv2 / "videos" / f"{entry['id']}.webm", root / "videos")
     done = root / f"frames_{SIZE}x{SIZE}" / entries[1]["id"]
     shutil.copytree(env.ssv2 / f"frames_{SIZE}x{SIZE}" / entries[1]["id"], done)
-    break_video(root / "videos" / f"{entries[0]['id']}.webm")
+    finished = sorted(done.iterdir())
+    keep_too = break_video(root / "videos" / f"{entries[0]['id']}.webm") or []
     argv = ["--data_root", str(root), "--annotation_files", str(annotation), "--sizes", f"{SIZE}x{SIZE}", "--num_workers", "1"]
-    return Built(argv, {"bad": entries[0]["id"], "annotation": str(annotation)}, sorted(done.iterdir()))
+    return Built(argv, {"bad": entries[0]["id"], "annotation": str(annotation), "root": str(root)}, finished + keep_too)
 
 
 def extract_error_marked(built: Built, outcome: Outcome) -> None:
@@ -74,6 +76,34 @@ CASES.append(Case("ssv2-webm-missing", ENTRY, partial(extract_with_broken_video,
                   (r"failed 1", r"failed {bad}: .*video file not found"), extract_error_marked))
 
 
+def videos_folder_holds_none(path: Path) -> list[Path]:
+    """The videos folder holds other files but none of the annotated videos (a wrong --videos_dir, videos not downloaded)."""
+    videos = path.parent
+    for video in videos.glob("*.webm"):
+        video.rename(videos / f"other_{video.name}")
+    return [videos.parent / "annotations" / "val_filtered.json"]
+
+
+CASES.append(Case("ssv2-extract-videos-folder-holds-none", ENTRY, partial(extract_with_broken_video, break_video=videos_folder_holds_none), "error",
+                  (r"{root}/videos: holds none of the 3 annotated videos", r"nothing was written"), code=1))
+
+
+def frames_folder_unwritable(path: Path) -> list[Path]:
+    """The frames folder cannot be written; the annotations must stay as they were."""
+    frames = path.parents[1] / f"frames_{SIZE}x{SIZE}"
+    shutil.rmtree(frames)
+    unwritable_folder(frames)
+    return [path.parents[1] / "annotations" / "val_filtered.json"]
+
+
+def extract_into_unwritable_frames(tmp: Path, env: Env) -> Built:
+    built = extract_with_broken_video(tmp, env, frames_folder_unwritable)
+    return Built(built.argv, dict(built.names, frames=str(Path(built.names["root"]) / f"frames_{SIZE}x{SIZE}")), built.keep[-1:])
+
+
+CASES.append(Case("ssv2-frames-folder-unwritable", ENTRY, extract_into_unwritable_frames, "error", (r"--data_root {frames}", UNWRITABLE), code=1))
+
+
 def extract_from_annotations(tmp: Path, env: Env, text: str) -> Built:
     """pecn.video_loader on a filtered annotation file holding `text`."""
     annotation = tmp / "sthv2" / "annotations" / "val_filtered.json"
@@ -88,5 +118,5 @@ CASES.append(Case("ssv2-filtered-entry-without-label", ENTRY, partial(extract_fr
 
 
 @pytest.mark.parametrize("case", params(CASES))
-def test_bad_input(case, matrix_env, tmp_path, capsys, caplog):
-    try_case(case, matrix_env, tmp_path, capsys, caplog)
+def test_bad_input(case, matrix_env, tmp_path, capsys, caplog, monkeypatch):
+    try_case(case, matrix_env, tmp_path, capsys, caplog, monkeypatch)

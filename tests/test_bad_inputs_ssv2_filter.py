@@ -106,6 +106,20 @@ def labels_missing(annotations: Path) -> str:
 CASES.append(Case("ssv2-labels-missing", ENTRY, partial(filter_broken_annotations, mutate=labels_missing), "error", (r"{bad}", r"file not found")))
 
 
+def videos_folder_holds_none(tmp: Path, env: Env) -> Built:
+    """--videos_dir exists but holds none of the annotated videos: filtering would write empty files."""
+    built = filter_broken_annotations(tmp, env, mutate=lambda annotations: "train.json")
+    videos = tmp / "no_videos"
+    videos.mkdir()
+    (videos / "readme.txt").write_text("downloads go here")
+    (videos / "999999.webm").write_bytes(b"a video no entry names")
+    return Built(built.argv, {"videos": str(videos)}, built.keep)
+
+
+CASES.append(Case("ssv2-filter-videos-folder-holds-none", ENTRY, videos_folder_holds_none, "error",
+                  (r"{videos}: holds none of the \d+ videos of train.json", r"nothing was written"), code=1))
+
+
 @pytest.mark.parametrize("case", params(CASES))
-def test_bad_input(case, matrix_env, tmp_path, capsys, caplog):
-    try_case(case, matrix_env, tmp_path, capsys, caplog)
+def test_bad_input(case, matrix_env, tmp_path, capsys, caplog, monkeypatch):
+    try_case(case, matrix_env, tmp_path, capsys, caplog, monkeypatch)

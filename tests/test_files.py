@@ -1,15 +1,71 @@
-"""common.files: the atomic folder writer and the worker pool that the extractors and checkpoints share."""
+"""common.files: the atomic folder writer, the worker pool that the extractors and checkpoints share, file modes under the
+user's umask, and the up-front check that a folder can be written."""
 
 import errno
 import json
 import os
 import signal
+import stat
 import tempfile
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from common.cli import SetupError
-from common.files import DiskFullError, WorkerDied, WorkerPool, atomic_folder, check_output_dir, clean_staging_folders, staging_folder
+from common.files import (DiskFullError, UnwritableFolderError, WorkerDied, WorkerPool, atomic_folder, check_output_dir, check_writable,
+                          clean_staging_folders, current_umask, give_umask_mode_under, staging_folder, write_atomic)
+
+
+@pytest.fixture
+def umask(request):
+    """Run the test under the umask given as its parameter, then restore the previous one."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002, 0o077], indirect=True)
+def test_atomically_written_files_get_the_mode_the_umask_gives(umask, tmp_path):
+    """A teammate reads what the user's umask lets them read: mkstemp alone gives 0600 whatever the umask."""
+    assert current_umask() == umask
+    write_atomic(tmp_path / "annotations.json", b"[]")
+    with open(tmp_path / "plain.json", "wb"):
+        pass
+    assert mode(tmp_path / "annotations.json") == mode(tmp_path / "plain.json") == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o027], indirect=True)
+def test_safetensors_files_are_given_the_umask_mode(umask, tmp_path):
+    (tmp_path / "unet").mkdir()
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert mode(tmp_path / "unet" / "diffusion_pytorch_model.safetensors") == 0o600  # what the library does on its own
+    give_umask_mode_under(tmp_path)
+    assert mode(tmp_path / "unet" / "diffusion_pytorch_model.safetensors") == 0o666 & ~umask
+
+
+def test_check_writable_creates_the_folder_and_leaves_nothing(tmp_path):
+    check_writable(tmp_path / "new" / "run", "--output_dir")
+    assert (tmp_path / "new" / "run").is_dir() and list((tmp_path / "new" / "run").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_check_writable_refuses_a_read_only_folder(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    with pytest.raises(UnwritableFolderError, match=r"--output_dir .*ro: cannot write into this folder \(Permission denied\)"):
+        check_writable(tmp_path / "ro", "--output_dir")
+
+
+def test_check_writable_refuses_a_file_where_the_folder_should_be(tmp_path):
+    (tmp_path / "run").write_text("a file")
+    with pytest.raises(UnwritableFolderError, match=r"--output_dir .*run: cannot write into this folder"):
+        check_writable(tmp_path / "run", "--output_dir")
+    with pytest.raises(UnwritableFolderError, match=r"--output .*run.*: cannot write into this folder"):
+        check_writable(tmp_path / "run" / "videos", "--output")
 
 
 def test_atomic_folder_appears_only_when_complete(tmp_path):

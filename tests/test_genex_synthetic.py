@@ -131,6 +131,22 @@ def test_parquet_layout_holds_mp4_bytes(tmp_path, video_type):
     assert _decoded_frame_count(cell) == 5
 
 
+def test_labelled_layout_is_what_hf_datasets_writes_and_reads(tmp_path):
+    """One table for all scenes: HF datasets reads our shards back as a Video and a ClassLabel feature, rows scene after scene."""
+    import datasets
+
+    written = write_genex_db(tmp_path, "labelled", scene_types=("realistic", "anime"), videos_per_scene=3, num_frames=4, width=64, height=32, rows_per_shard=2)
+    shards = sorted((tmp_path / "data").glob("*.parquet"))
+    assert [p.name for p in shards] == [f"train-0000{k}-of-00003.parquet" for k in range(3)]
+    assert written == {"realistic": shards[:2], "anime": shards[1:]}
+    table = datasets.Dataset.from_parquet([str(p) for p in shards])
+    assert table.features["label"] == datasets.ClassLabel(names=["realistic", "anime"])
+    assert isinstance(table.features["video"], datasets.Video)
+    assert table["label"][:] == [0, 0, 0, 1, 1, 1]
+    cell = pq.read_table(shards[1]).column("video")[1].as_py()
+    assert cell["path"] == "00003.mp4" and _decoded_frame_count(cell["bytes"]) == 4
+
+
 def test_validation_panoramas_are_2_to_1_pngs(tmp_path):
     paths = write_validation_panoramas(tmp_path / "val", count=3, width=64, height=32, seed=5)
     assert len(paths) == 3

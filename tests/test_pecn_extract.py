@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,30 @@ def test_bad_annotation_file_is_a_one_line_error_naming_it(tmp_path, content, ne
     assert result.returncode != 0 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {path}: {needle}")
+
+
+def test_frames_that_cannot_be_written_stop_the_run_and_leave_the_annotations(tmp_path, monkeypatch):
+    """A write refused mid-run (permissions changed, a read-only mount) is one line naming the path; no entry is marked failed."""
+    from common.files import write_file
+    from pecn import video_loader
+
+    root = tmp_path / "ssv2"
+    write_synthetic_ssv2(root, train_per_class=1, val_per_class=1, test_videos=0, num_frames=6, width=32, height=32)
+    dataset.main(["--data_root", str(root), "--train_per_task", "2", "--val_per_task", "1"])
+    annotations = {p: p.read_bytes() for p in (root / "annotations").glob("*_filtered.json")}
+    refused = []
+
+    def refuse_after_some(path, data):
+        if len(refused) >= 8:
+            raise PermissionError(13, "Permission denied", str(path))
+        refused.append(path)
+        write_file(path, data)
+
+    monkeypatch.setattr(video_loader, "write_file", refuse_after_some)
+    with pytest.raises(SystemExit) as exit_info:
+        video_loader.main(["--data_root", str(root), "--sizes", "16x16", "--num_workers", "1"])
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert re.search(r"frames_16x16/.*: cannot write the frames \(Permission denied\); the annotation files are unchanged", message)
+    assert {p: p.read_bytes() for p in annotations} == annotations
+    assert not [p for p in (root / "frames_16x16").iterdir() if p.name.startswith(".")]

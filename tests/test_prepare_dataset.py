@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,97 @@ def test_cli_parquet_without_video_column_is_listed_and_fails_the_run(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"stopped reading this scene: {shard}: no 'video' column (columns: clip)" in result.stdout
     assert "1 scene(s) stopped early" in result.stdout
+
+
+# ----------------------------------------------------------------------------- the one-table layout
+
+
+def write_hf_table(folder: Path, rows: list[tuple[str, int]], names: list[str], shards: int) -> None:
+    """The one-table layout as HF datasets itself writes it: a Video and a ClassLabel feature, `shards` parquet files."""
+    import datasets
+
+    features = datasets.Features({"video": datasets.Video(), "label": datasets.ClassLabel(names=names)})
+    table = datasets.Dataset.from_dict({"video": [{"bytes": grey_video(length), "path": f"{k}.mp4"} for k, (_, length) in enumerate(rows)],
+                                        "label": [names.index(scene) for scene, _ in rows]}, features=features)
+    folder.mkdir(parents=True)
+    for index in range(shards):
+        table.shard(shards, index, contiguous=True).to_parquet(str(folder / f"train-{index:05d}-of-{shards:05d}.parquet"))
+
+
+def test_one_table_layout_written_by_hf_datasets(tmp_path):
+    """Rows go to the scene their class label names, numbered per scene in shard and row order."""
+    dataset, output = tmp_path / "db", tmp_path / "out"
+    rows = [("Anime", 7), ("Real-World", 8), ("Anime", 9), ("geometry", 10), ("Anime", 11), ("Real-World", 12)]
+    write_hf_table(dataset / "data", rows, ["Anime", "geometry", "Real-World"], shards=3)
+    assert find_scene_sources(dataset, ["anime"])["anime"] == [
+        prepare.LabelledRows(dataset / "data" / f"train-0000{k}-of-00003.parquet", "label", 0) for k in range(3)]
+
+    anime, real_world = run(dataset, output, ["anime", "real_world"], frames=4).scenes
+    assert (anime.written, real_world.written) == (3, 2)
+    assert sorted(p.name for p in output.iterdir()) == ["anime", "real_world"]
+    # Each folder holds the frames of its own row: a grey video of n frames gives evenly spaced indices of n.
+    for scene, lengths in (("anime", [7, 9, 11]), ("real_world", [8, 12])):
+        for number, length in enumerate(lengths, start=1):
+            assert source_indices(output / scene / f"video_{number:05d}") == evenly_spaced_indices(length, 4)
+    record = json.loads((output / "anime" / "video_00002" / "prepare.json").read_text())
+    assert record["source"] == "data/train-00001-of-00003.parquet row 0"
+
+    rerun = run(dataset, output, ["anime", "real_world"], frames=4)
+    assert [(r.written, r.skipped) for r in rerun.scenes] == [(0, 3), (0, 2)]
+    with pytest.raises(DatasetLayoutError, match=r"none of the scene types texture found .*class names in its tables: Anime, Real-World, geometry"):
+        run(dataset, output, ["texture"])
+
+
+def test_synthetic_one_table_clone_is_read_per_scene(tmp_path):
+    from genex.synthetic import write_genex_db
+
+    write_genex_db(tmp_path / "db", "labelled", ["realistic", "anime"], videos_per_scene=3, num_frames=6, width=64, height=32, rows_per_shard=2)
+    realistic, anime = run(tmp_path / "db", tmp_path / "out", ["realistic", "anime"], frames=3).scenes
+    assert (realistic.written, anime.written) == (3, 3) and not realistic.failed and not anime.failed
+    sources = [json.loads((tmp_path / "out" / "anime" / f"video_{k:05d}" / "prepare.json").read_text())["source"] for k in (1, 2, 3)]
+    # Rows 3..5 of the table: the second shard holds realistic's last row and anime's first.
+    assert sources == ["data/train-00001-of-00003.parquet row 1", "data/train-00002-of-00003.parquet row 0", "data/train-00002-of-00003.parquet row 1"]
+
+
+# ----------------------------------------------------------------------------- settings recorded with each video
+
+
+def tree_bytes(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_each_video_records_its_settings_and_a_rerun_with_others_is_refused_before_writing(tmp_path):
+    dataset, output = tmp_path / "db", tmp_path / "out"
+    (dataset / "Anime").mkdir(parents=True)
+    for name, length in (("a.mp4", 12), ("b.mp4", 2)):
+        (dataset / "Anime" / name).write_bytes(grey_video(length))
+    run(dataset, output, ["anime"], frames=5)
+    assert json.loads((output / "anime" / "video_00001" / "prepare.json").read_text()) == {
+        "frames_per_video": 5, "image_size": list(SIZE), "jpeg_quality": 95, "source": "Anime/a.mp4", "frames": 5}
+    assert json.loads((output / "anime" / "video_00002" / "prepare.json").read_text())["frames"] == 2
+    before = tree_bytes(output)
+
+    for frames, size in ((6, SIZE), (5, (SIZE[0] * 2, SIZE[1] * 2))):
+        with pytest.raises(prepare.OtherSettingsError, match=r"video_00001: made with --frames_per_video 5 --image_size 48 24, this run asks"):
+            prepare_dataset(dataset, output, ["anime"], frames_per_video=frames, image_size=size, num_workers=1, show_progress=False)
+        assert tree_bytes(output) == before
+
+    redone = prepare_dataset(dataset, output, ["anime"], frames_per_video=6, image_size=SIZE, num_workers=1, show_progress=False,
+                             redo_other_settings=True).scenes[0]
+    assert (redone.written, redone.redone, redone.skipped) == (2, 2, 0)
+    assert source_indices(output / "anime" / "video_00001") == evenly_spaced_indices(12, 6)
+    assert not hidden_leftovers(output)
+
+
+def test_folders_from_before_settings_were_recorded(tmp_path):
+    """A folder without prepare.json is judged by what it holds: its size and, when it has that many frames, frames_per_video."""
+    dataset, output = tmp_path / "db", tmp_path / "out"
+    (dataset / "Anime").mkdir(parents=True)
+    (dataset / "Anime" / "a.mp4").write_bytes(grey_video(12))
+    run(dataset, output, ["anime"], frames=5)
+    (output / "anime" / "video_00001" / "prepare.json").unlink()
+    assert run(dataset, output, ["anime"], frames=5).scenes[0].skipped == 1
+    with pytest.raises(prepare.OtherSettingsError, match=r"made with 5 frames of 48x24 \(no prepare.json: an older run"):
+        run(dataset, output, ["anime"], frames=8)
+    with pytest.raises(prepare.OtherSettingsError, match=r"made with 5 frames of 48x24"):
+        run(dataset, output, ["anime"], frames=3)

@@ -1,8 +1,10 @@
 """train_world_explorer.py end to end through `accelerate launch`, on a tiny SVD and synthetic frames."""
 
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from common.files import new_file_mode
 from conftest import REPO_ROOT, accelerate_launch
 from genex.synthetic import render_forward_video, write_validation_panoramas
 from genex.tiny import save_tiny_svd_pipeline
@@ -126,6 +129,12 @@ def test_final_folder_is_an_svd_pipeline_with_frozen_weights_unchanged(trained, 
                 a, b = load_file(str(Path(setup["model"]) / component / name)), load_file(str(output_dir / component / name))
                 assert all(torch.equal(a[k], b[k]) for k in a)
 
+    # What the sampler takes as its defaults, and files a teammate may read as the umask allows (safetensors alone writes 0600).
+    assert json.loads((output_dir / "trained_settings.json").read_text()) == {
+        "width": WIDTH, "height": HEIGHT, "num_frames": NUM_FRAMES, "fps": 7, "motion_bucket_id": 127, "pretrained_model_name_or_path": str(setup["model"])}
+    weights = [*output_dir.glob("*/*.safetensors"), *output_dir.glob("checkpoint-*/*.safetensors")]
+    assert weights and {stat.S_IMODE(p.stat().st_mode) for p in weights} == {new_file_mode()}
+
     pipeline = StableVideoDiffusionPipeline.from_pretrained(output_dir)
     frames = pipeline(Image.new("RGB", (WIDTH, HEIGHT), "gray"), height=HEIGHT, width=WIDTH, num_frames=3,
                       num_inference_steps=2, decode_chunk_size=3, output_type="np").frames
@@ -189,7 +198,7 @@ def test_cached_latents_make_the_same_draws_as_the_frames(setup, straight, cache
         assert a == pytest.approx(b, rel=1e-2) and a != b  # fp16 statistics: close, not bit-equal
 
     # The cache does not fit another resolution: refused in one line that says how to rebuild it.
-    refused = subprocess.run([sys.executable, str(REPO_ROOT / "train_world_explorer.py"), *base_args(setup, output_dir, 1),
+    refused = subprocess.run([sys.executable, str(REPO_ROOT / "train_world_explorer.py"), *base_args(setup, setup["root"] / "cached_refused", 1),
                               f"--latents_cache_dir={cache_dir}", f"--width={2 * WIDTH}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "this run needs" in refused.stderr and "python -m genex.cache_latents" in refused.stderr
