@@ -1,9 +1,12 @@
 """Generate a video that walks forward into a panorama with a (fine-tuned) SVD pipeline.
 
     python sample_world_explorer.py --model_dir ./models/genex_explorer --panorama pano.png --output out.mp4
+    python sample_world_explorer.py ... --trajectory "0:25,180:25"    # walk 25 frames, turn around, walk 25 more
 
 The panorama is resized to the model's resolution (1024x576 by default), the video is generated,
-then written at the panorama's own aspect ratio (2:1 for an equirectangular panorama).
+then written at the panorama's own aspect ratio (2:1 for an equirectangular panorama). A trajectory
+is a path of segments yaw:frames: each turns the current view by yaw degrees and walks forward from
+the last frame of the segment before; the mp4 holds the whole path (the frames of all segments).
 """
 
 import argparse
@@ -11,8 +14,11 @@ import logging
 
 import torch
 
-from common.training import flush_denormals, model_folder_error, run_cli
+from common.cli import run_cli
+from common.training import flush_denormals
 from common.video import write_mp4
+from genex.generate import explore_path, load_rgb, parse_trajectory, resize_frames
+from genex.models import check_svd_fits, load_svd_pipeline
 
 logger = logging.getLogger("sample_world_explorer")
 
@@ -24,15 +30,31 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=str, required=True, help="Output mp4 path (H.264).")
     parser.add_argument("--width", type=int, default=1024, help="Model input width the panorama is resized to.")
     parser.add_argument("--height", type=int, default=576, help="Model input height the panorama is resized to.")
-    parser.add_argument("--num_frames", type=int, default=25, help="Frames to generate.")
+    parser.add_argument("--num_frames", type=int, default=None, help="Frames to generate (default 25); with --trajectory the segments say it.")
     parser.add_argument("--fps", type=int, default=7, help="Frame rate: the conditioning value (the UNet sees fps - 1, as in training) and the mp4's rate.")
     parser.add_argument("--motion_bucket_id", type=int, default=127, help="Motion bucket id conditioning.")
     parser.add_argument("--num_inference_steps", type=int, default=25, help="Sampling steps.")
     parser.add_argument("--decode_chunk_size", type=int, default=8, help="Frames decoded at once by the VAE (lower uses less memory).")
     parser.add_argument("--seed", type=int, default=42, help="Seed of the sampling noise.")
-    parser.add_argument("--yaw", type=float, default=0.0, help="Turn the panorama by this many degrees first (the same rotation as the spherical loss).")
+    parser.add_argument("--yaw", type=float, default=None, help="Turn the panorama by this many degrees first (the same rotation as the spherical loss); default 0.")
+    parser.add_argument("--trajectory", type=str, default=None,
+                        help='A path of segments "yaw:frames,yaw:frames" (e.g. "0:25,180:25"): each turns the view by yaw degrees, then walks frames '
+                             "frames forward from the last frame of the segment before. Replaces --yaw and --num_frames.")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run on.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+
+    # args.segments: the path to generate, [(yaw, frames), ...]; without --trajectory one segment.
+    if args.trajectory is not None:
+        given = [flag for flag, value in (("--yaw", args.yaw), ("--num_frames", args.num_frames)) if value is not None]
+        if given:
+            parser.error(f"--trajectory and {' and '.join(given)}: give the path's turns and lengths in --trajectory alone")
+        try:
+            args.segments = parse_trajectory(args.trajectory)
+        except ValueError as error:
+            parser.error(f"--trajectory: {error}")
+    else:
+        args.segments = [(args.yaw or 0.0, 25 if args.num_frames is None else args.num_frames)]
+    return args
 
 
 def output_size(panorama_width: int, panorama_height: int, model_width: int) -> tuple[int, int]:
@@ -42,30 +64,16 @@ def output_size(panorama_width: int, panorama_height: int, model_width: int) -> 
 
 
 def main(argv=None):
-    import numpy as np
-    from diffusers import StableVideoDiffusionPipeline
-    from PIL import Image
-
-    from genex.generate import check_svd_fits, generate_video, load_rgb, resize_frames
-    from genex.spherical import rotate_yaw
-
     args = parse_args(argv)
     flush_denormals()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     panorama = load_rgb(args.panorama)
-    if args.yaw:
-        panorama = Image.fromarray(rotate_yaw(np.asarray(panorama), args.yaw, width_axis=1))
-    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
-    try:
-        pipeline = StableVideoDiffusionPipeline.from_pretrained(args.model_dir, torch_dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise model_folder_error(args.model_dir, error, "Stable Video Diffusion") from None
+    pipeline = load_svd_pipeline(args.model_dir, args.device)
     check_svd_fits(pipeline.vae, pipeline.unet, args.model_dir, args.width, args.height)
-    pipeline.to(args.device)
 
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    frames = generate_video(pipeline, panorama, args.width, args.height, args.num_frames, args.fps,
-                            args.motion_bucket_id, args.num_inference_steps, args.decode_chunk_size, generator)
+    frames = explore_path(pipeline, panorama, args.segments, args.width, args.height, args.fps,
+                          args.motion_bucket_id, args.num_inference_steps, args.decode_chunk_size, generator)
     frames = resize_frames(frames, *output_size(*panorama.size, args.width))
     path = write_mp4(frames, args.output, fps=args.fps)
     print(f"Wrote {len(frames)} frames ({frames.shape[2]}x{frames.shape[1]}) to {path}")

@@ -33,7 +33,8 @@ from PIL import Image
 
 from bench.timing import interleaved_medians, report
 from common.video import encode_video_bytes, iter_video_frames, write_mp4
-from genex.data import FrameFolderDataset, to_model_range
+from common.pixels import to_model_range
+from genex.data import FrameFolderDataset
 from genex.prepare import extract_video as extract_genex_video
 from genex.synthetic import CAMERA_HEIGHT, make_room, render_room
 from pecn.synthetic import make_background, render_video

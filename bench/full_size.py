@@ -8,6 +8,11 @@ import contextlib
 import tempfile
 
 import torch
+from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder, DDPMScheduler, UNet2DConditionModel, UNetSpatioTemporalConditionModel
+from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from genex.tiny import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD
+from pecn.tiny import INSTRUCT_PIX2PIX_SCHEDULER_CONFIG, write_tiny_clip_tokenizer
 
 # Published parameter counts (DESIGN.md, "Full-size configurations"), in millions.
 SVD_UNET_PARAMS_M = 1524.6
@@ -42,11 +47,6 @@ def count_params_m(module, marker: str = "") -> float:
 
 def build_svd_full(dtype: torch.dtype, device, seed: int = 0) -> dict:
     """SVD-xt: UNet (the diffusers defaults), temporal-decoder VAE, OpenCLIP ViT-H/14 image encoder, CLIP processor."""
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from genex.tiny import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD
-
     with torch.random.fork_rng(devices=[]), constructed_in(dtype, device):
         torch.manual_seed(seed)
         unet = UNetSpatioTemporalConditionModel()
@@ -62,11 +62,6 @@ def build_instruct_pix2pix_full(dtype: torch.dtype, device, seed: int = 0) -> di
 
     The tokenizer is the project's whole-word CLIP BPE (pecn.tiny): token ids fit the 49,408-word embedding.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from pecn.tiny import INSTRUCT_PIX2PIX_SCHEDULER_CONFIG, write_tiny_clip_tokenizer
-
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = write_tiny_clip_tokenizer(folder)
     with torch.random.fork_rng(devices=[]), constructed_in(dtype, device):

@@ -2,10 +2,11 @@
 
 A checkpoint holds only the trainable parameters (safetensors), the optimizer, LR scheduler,
 sampler and RNG states that Accelerate saves, and the EMA weights when EMA is on. It is written
-to a hidden temporary folder and renamed when complete, so `latest` only ever names a complete
-one, and old checkpoints are removed only after the new one exists.
+to a hidden folder and renamed when complete (common.files.atomic_folder), so `latest` only ever
+names a complete one, and old checkpoints are removed only after the new one exists.
 """
 
+import contextlib
 import json
 import logging
 import pickle
@@ -15,7 +16,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from common.cli import RunError
+from common.files import atomic_folder, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +31,7 @@ TRAINING_STATE = "training_state.json"
 GENERATOR_STATE = "generator_state_{}.safetensors"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RunError):
     """A checkpoint that is missing, incomplete or does not fit this run."""
 
 
@@ -110,8 +115,6 @@ def save_ema(ema, names: list[str], path: Path) -> None:
 
 
 def load_ema(ema, names: list[str], path: Path) -> None:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         step = int(handle.metadata()["optimization_step"])
         if sorted(handle.keys()) != sorted(names):
@@ -123,23 +126,20 @@ def load_ema(ema, names: list[str], path: Path) -> None:
 
 def save_checkpoint(accelerator, output_dir, global_step: int, total_limit: Optional[int], ema=None, ema_names=None, generator=None) -> Path:
     """Write `checkpoint-<global_step>` atomically, then keep at most `total_limit` checkpoints."""
-    output_dir = Path(output_dir)
-    final = output_dir / f"checkpoint-{global_step}"
-    staging = output_dir / f".checkpoint-{global_step}.incomplete"
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    if generator is not None:
-        save_file({"state": generator.get_state()}, str(staging / GENERATOR_STATE.format(accelerator.process_index)))
-    accelerator.wait_for_everyone()
+    final = Path(output_dir) / f"checkpoint-{global_step}"
+    # The main process stages the folder; every process writes its own states into it.
+    staging = atomic_folder(final, replace=True) if accelerator.is_main_process else contextlib.nullcontext(staging_folder(final))
+    with staging as folder:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(folder))
+        if generator is not None:
+            save_file({"state": generator.get_state()}, str(folder / GENERATOR_STATE.format(accelerator.process_index)))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if ema is not None:
+                save_ema(ema, ema_names, folder / EMA_WEIGHTS)
+            (folder / TRAINING_STATE).write_text(json.dumps({"global_step": global_step}))
     if accelerator.is_main_process:
-        if ema is not None:
-            save_ema(ema, ema_names, staging / EMA_WEIGHTS)
-        (staging / TRAINING_STATE).write_text(json.dumps({"global_step": global_step}))
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
                 shutil.rmtree(old)

@@ -1,5 +1,9 @@
-"""Pixels travel from the data loader as uint8 (a quarter of float32's bytes) and are scaled on the device."""
+"""Pixels travel from the data loader as uint8 (a quarter of float32's bytes) and are scaled on the device;
+models' [-1, 1] outputs come back to uint8 as the diffusers pipelines' postprocessing does."""
 
+import inspect
+
+import numpy as np
 import torch
 
 
@@ -10,3 +14,31 @@ def to_model_range(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     # Scaled in float32 and then cast, so every dtype sees the values the float32 pipeline sees; batches
     # may arrive channels-last from a dataset's view and leave in the usual layout.
     return (pixels.to(torch.float32, memory_format=torch.contiguous_format) / 127.5 - 1.0).to(dtype)
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] as uint8: round(clamp(x / 2 + 0.5, 0, 1) * 255), the pipelines' denormalize and rounding."""
+    return (pixels.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def vae_reconstruction(vae, frames: np.ndarray, chunk_size: int = 8) -> np.ndarray:
+    """uint8 frames [N,H,W,3] through `vae`: encoded (posterior mode), decoded `chunk_size` frames per call, as uint8.
+
+    A temporal decoder (SVD's) is told each call's frame count, as StableVideoDiffusionPipeline decodes
+    its latents: the frames of one call are decoded as one clip.
+    """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [N,H,W,3], got {frames.dtype} {frames.shape}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    # A copy: arrays read from images are often read-only, which torch.from_numpy warns about.
+    pixels = to_model_range(torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2)).to(vae.device, vae.dtype)
+    takes_num_frames = "num_frames" in inspect.signature(vae.forward).parameters
+    decoded = []
+    for chunk in pixels.split(chunk_size):
+        latents = vae.encode(chunk).latent_dist.mode()
+        kwargs = {"num_frames": len(chunk)} if takes_num_frames else {}
+        decoded.append(vae.decode(latents, **kwargs).sample)
+    return to_uint8(torch.cat(decoded)).permute(0, 2, 3, 1).cpu().numpy()

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.video import evenly_spaced_indices
+
 
 def video_strip(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:
     """Evenly chosen frames of a [T,H,W,3] uint8 video side by side, for TensorBoard's image tab."""
-    from common.video import evenly_spaced_indices
-
     indices = evenly_spaced_indices(len(frames), max_frames)
     return np.concatenate([frames[i] for i in indices], axis=1)
 

@@ -2,18 +2,26 @@
 
 import argparse
 import contextlib
-import dataclasses
 import importlib.util
 import logging
 import math
-import os
+import sys
 from pathlib import Path
+from typing import Callable
 
+import datasets
+import diffusers
 import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
-
-class SetupError(RuntimeError):
-    """A flag or environment that cannot work (a missing optional package, an impossible value)."""
+from common.checkpoints import register_trainable_weights_hooks, resume_training
+from common.cli import SetupError
+from common.loop import NonFiniteLossGuard, TrainingRun, log_weight_checksums, step_logger
 
 
 def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
@@ -51,16 +59,12 @@ def add_shared_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir.")
 
 
-def model_folder_error(path: str, error: Exception, kind: str, variant=None) -> SetupError:
-    """A one-line error for a base model that cannot be loaded, with the likely fix when there is one."""
-    folder = Path(path)
-    if not folder.exists() and (os.sep in path or path.startswith(".")):
-        return SetupError(f"{path}: folder does not exist")
-    hint = ""
-    if variant is None and folder.is_dir() and next(folder.glob("*/*.fp16.safetensors"), None) is not None:
-        hint = "; it holds fp16 weight files: add --variant fp16"
-    article = "an" if kind[0].lower() in "aeiou" else "a"
-    return SetupError(f"{path}: not {article} {kind} pipeline folder ({str(error).splitlines()[0]}){hint}")
+def parse_training_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Add the shared flags to a script's parser, parse, and refuse values that cannot work, before any model is loaded."""
+    add_shared_training_args(parser)
+    args = parser.parse_args(argv)
+    check_shared_args(args)
+    return args
 
 
 def check_shared_args(args) -> None:
@@ -87,10 +91,8 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
-def create_accelerator(args):
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
-
+def create_accelerator(args, cpu: bool = False):
+    """The run's Accelerator: accumulation, precision and trackers from the flags, logs under --output_dir/--logging_dir."""
     output_dir = Path(args.output_dir)
     flush_denormals()
     project_config = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir))
@@ -101,37 +103,85 @@ def create_accelerator(args):
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=project_config,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        cpu=cpu,
     )
 
 
-def setup_logging(accelerator, output_dir) -> None:
-    """Log to the console on every process and to `<output_dir>/train.log` on the main one."""
-    import datasets
-    import diffusers
-    import transformers
+class ConsoleHandler(logging.Handler):
+    """Log lines through tqdm, so that they never share a line with a progress bar."""
 
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO)
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(accelerator, output_dir) -> None:
+    """Log once, from the main process: to the console and to `<output_dir>/train.log` (which also gets a line per optimizer step)."""
+    formatter = logging.Formatter("%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S")
+    root = logging.getLogger()
+    # A second run in the same process (tests) replaces the first run's handlers instead of writing into its log.
+    for logger in (root, step_logger):
+        for handler in [h for h in logger.handlers if getattr(h, "training_run", False)]:
+            logger.removeHandler(handler)
+            handler.close()
+    console = ConsoleHandler()
+    handlers = [(root, console)]
     if accelerator.is_main_process:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(Path(output_dir) / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(name)s - %(message)s"))
-        logging.getLogger().addHandler(handler)
-        transformers.utils.logging.set_verbosity_warning()
-        diffusers.utils.logging.set_verbosity_warning()
-    else:
-        datasets.utils.logging.set_verbosity_error()
-        transformers.utils.logging.set_verbosity_error()
-        diffusers.utils.logging.set_verbosity_error()
+        log_file = logging.FileHandler(Path(output_dir) / "train.log")
+        handlers += [(root, log_file), (step_logger, log_file)]
+    for logger, handler in handlers:
+        handler.training_run = True
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    step_logger.propagate = False
+    step_logger.setLevel(logging.INFO)
+    # Every process runs the same code: only the main one speaks, the others only of errors.
+    root.setLevel(logging.INFO if accelerator.is_main_process else logging.ERROR)
+    library_verbosity = "warning" if accelerator.is_main_process else "error"
+    for library in (datasets, diffusers, transformers):
+        getattr(library.utils.logging, f"set_verbosity_{library_verbosity}")()
+
+
+def start_run(args, script_logger: logging.Logger):
+    """The Accelerator, logging (console and train.log), the seed and TF32, before any model loads; returns the Accelerator."""
+    accelerator = create_accelerator(args)
+    setup_logging(accelerator, args.output_dir)
+    script_logger.info(accelerator.state)
+    if args.seed is not None:
+        set_seed(args.seed)
+    allow_tf32(args.allow_tf32)
+    return accelerator
+
+
+def prepare_unet(unet, args) -> None:
+    """The UNet as the flags ask: xformers attention, gradient checkpointing, and (GenEx) compilation in place."""
+    if args.enable_xformers_memory_efficient_attention:
+        unet.enable_xformers_memory_efficient_attention()
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if getattr(args, "compile", False):
+        # In place: parameter names, checkpoints and the final save see the plain UNet.
+        unet.compile()
+
+
+def finish_run(run: TrainingRun, save: Callable[[torch.nn.Module], None]) -> None:
+    """After the last step: the weight checksums of every process, then `save(unwrapped model)` on the main process with the EMA weights if used."""
+    accelerator = run.accelerator
+    log_weight_checksums(accelerator, run.params)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with ema_weights_swapped_in(run.ema, run.params):
+            save(accelerator.unwrap_model(run.model))
+        logging.getLogger(__name__).info("Saved the trained pipeline to %s", run.args.output_dir)
+    accelerator.end_training()
 
 
 def weight_dtype(accelerator) -> torch.dtype:
     """The dtype of frozen modules: the mixed-precision dtype, fp32 otherwise."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-
-
-def enable_memory_efficient_attention(unet, use_xformers: bool) -> None:
-    if use_xformers:
-        unet.enable_xformers_memory_efficient_attention()
 
 
 def create_optimizer(params, args, num_processes: int, batch_size: int):
@@ -164,8 +214,6 @@ def training_length(args, num_batches_per_process: int) -> tuple[int, int, int]:
 
 def create_lr_scheduler(optimizer, args, max_train_steps: int, num_processes: int):
     """diffusers' scheduler, counted in optimizer steps (Accelerate steps it once per process)."""
-    from diffusers.optimization import get_scheduler
-
     return get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
@@ -174,36 +222,19 @@ def create_lr_scheduler(optimizer, args, max_train_steps: int, num_processes: in
     )
 
 
-def epoch_batches(accelerator, dataloader, epoch: int, batches_to_skip: int):
-    """The batches of `epoch`: its shuffle order is a function of (seed, epoch); a resumed epoch skips what was done."""
-    dataloader.set_epoch(epoch)
-    return accelerator.skip_first_batches(dataloader, batches_to_skip) if batches_to_skip else dataloader
-
-
 def init_trackers(accelerator, project: str, args) -> None:
     """Start TensorBoard / wandb with the run's flags as its configuration."""
     if accelerator.is_main_process:
         accelerator.init_trackers(project, config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
 
-@dataclasses.dataclass
-class TrainingPlan:
-    """How long the run is and where it starts (after a resume, mid-run)."""
-
-    max_train_steps: int
-    num_train_epochs: int
-    global_step: int
-    first_epoch: int
-    batches_to_skip: int
-
-
-def prepare_training(accelerator, args, model, params, dataloader, batch_size: int, project: str, ema=None, ema_names=None, generator=None):
+def prepare_training(accelerator, args, model, params: list, dataloader, batch_size: int, project: str, items: str, ema=None, ema_names=None,
+                     generator=None) -> TrainingRun:
     """Optimizer, LR schedule, Accelerate wrapping, checkpoint hooks, trackers and resume, the same for both scripts.
 
-    Returns (model, optimizer, dataloader, lr_scheduler, plan).
+    `params` are the trainable parameters (clipped, stepped and averaged by EMA); `items` names what the dataset
+    holds, for the log. The run starts where a resumed checkpoint left off.
     """
-    from common.checkpoints import register_trainable_weights_hooks, resume_training
-
     optimizer = create_optimizer(params, args, accelerator.num_processes, batch_size)
     max_train_steps, num_train_epochs, steps_per_epoch = training_length(args, math.ceil(len(dataloader) / accelerator.num_processes))
     lr_scheduler = create_lr_scheduler(optimizer, args, max_train_steps, accelerator.num_processes)
@@ -213,14 +244,17 @@ def prepare_training(accelerator, args, model, params, dataloader, batch_size: i
     register_trainable_weights_hooks(accelerator)
     init_trackers(accelerator, project, args)
     global_step, first_epoch, batches_to_skip = resume_training(accelerator, args, steps_per_epoch, ema, ema_names, generator)
-    plan = TrainingPlan(max_train_steps, num_train_epochs, global_step, first_epoch, batches_to_skip)
-    return model, optimizer, dataloader, lr_scheduler, plan
+    logging.getLogger(__name__).info(
+        "%d %s, %d epochs, %d optimizer steps, batch %d x %d processes x %d accumulation", len(dataloader.dataset), items, num_train_epochs,
+        max_train_steps, batch_size, accelerator.num_processes, args.gradient_accumulation_steps)
+    progress = tqdm(total=max_train_steps, initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
+    return TrainingRun(accelerator, args, model, optimizer, dataloader, lr_scheduler, list(params), ema, ema_names, generator,
+                       global_step, max_train_steps, num_train_epochs, first_epoch, batches_to_skip,
+                       NonFiniteLossGuard(accelerator, args.max_nonfinite_steps), progress)
 
 
 def create_ema(named_params: list[tuple[str, torch.nn.Parameter]], decay: float):
     """EMA over the trainable parameters only; returns (ema, parameter names)."""
-    from diffusers.training_utils import EMAModel
-
     names = [name for name, _ in named_params]
     return EMAModel([p for _, p in named_params], decay=decay), names
 
@@ -239,63 +273,9 @@ def ema_weights_swapped_in(ema, params):
         ema.restore(params)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss stayed NaN or inf for --max_nonfinite_steps optimizer steps in a row."""
-
-
-class NonFiniteLossGuard:
-    """Decides, once per optimizer step and identically on every process, whether the step may update anything.
-
-    `observe` records each micro-step's loss without waiting for the device; `step_is_finite` gathers the
-    flags of all processes at the optimizer step. Gradient overflow under fp16 loss scaling is not a
-    non-finite loss: the loss stays finite and the GradScaler skips that step itself.
-    """
-
-    def __init__(self, accelerator, max_in_a_row: int):
-        self.accelerator = accelerator
-        self.max_in_a_row = max_in_a_row
-        self.window_finite = None
-        self.in_a_row = 0
-        self.total = 0
-
-    def observe(self, loss: torch.Tensor) -> None:
-        finite = torch.isfinite(loss.detach()).all()
-        self.window_finite = finite if self.window_finite is None else self.window_finite & finite
-
-    def step_is_finite(self) -> bool:
-        """Whether every micro-step of this optimizer step, on every process, had a finite loss; updates the counts."""
-        flag = self.window_finite.float().reshape(1)
-        self.window_finite = None
-        finite = bool(self.accelerator.gather(flag).min().item() == 1.0)
-        self.in_a_row = 0 if finite else self.in_a_row + 1
-        self.total += 0 if finite else 1
-        if not finite:
-            logging.getLogger(__name__).warning("a loss was NaN or inf: this optimizer step updates nothing (%d in a row, %d in all)", self.in_a_row, self.total)
-        return finite
-
-    @property
-    def should_stop(self) -> bool:
-        return self.in_a_row >= self.max_in_a_row
-
-    def stop_error(self, global_step: int, checkpoint) -> NonFiniteLossError:
-        return NonFiniteLossError(
-            f"the loss was NaN or inf for {self.in_a_row} optimizer steps in a row (up to step {global_step}); stopped. "
-            f"{checkpoint} holds the last good weights (step {global_step - self.in_a_row}): resume from it with a lower "
-            f"--learning_rate, or check the data"
-        )
-
-
 def create_generator(accelerator, seed) -> torch.Generator:
     """The generator of every random draw of the training step, one stream per process, saved in checkpoints."""
     return torch.Generator(device=accelerator.device).manual_seed((seed or 0) * 1000 + accelerator.process_index)
-
-
-def log_weight_checksums(accelerator, params) -> list[float]:
-    """Gather a checksum of the trainable weights from every process and log it: equal values show DDP kept them in sync."""
-    checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1).to(accelerator.device)
-    checksums = accelerator.gather(checksum).tolist()
-    logging.getLogger(__name__).info("trainable weight checksum per process: %s", checksums)
-    return checksums
 
 
 @contextlib.contextmanager
@@ -326,22 +306,3 @@ def allow_tf32(enabled: bool) -> None:
     if enabled:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-
-
-def run_cli(main) -> None:
-    """Run a script's main(); known setup and data errors become one line on stderr and exit code 2."""
-    import sys
-
-    from common.checkpoints import CheckpointError
-
-    try:
-        main()
-    except (SetupError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
-        if os.environ.get("TRAIN_DEBUG"):
-            raise
-        message = str(error)
-        if "Original Traceback" in message:
-            # Raised in a DataLoader worker: its message carries the worker's traceback; the cause is the last line.
-            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)

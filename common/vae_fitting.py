@@ -22,7 +22,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from common.images import to_rgb
-from common.pixels import to_model_range
+from common.metrics import psnr
+from common.pixels import to_model_range, vae_reconstruction
 
 
 @dataclass(frozen=True)
@@ -88,36 +89,31 @@ def read_clips(videos: Sequence[Sequence[Path]], frames_per_clip: int, source: s
     return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).contiguous()
 
 
-def reconstruct(vae, pixels: torch.Tensor, sample: bool, generator=None):
-    """(reconstruction, posterior) of clips [B, F, 3, H, W] in [-1, 1]; a temporal decoder decodes each clip's F frames together."""
-    batch, frames = pixels.shape[:2]
-    posterior = vae.encode(pixels.flatten(0, 1)).latent_dist
-    latents = posterior.sample(generator) if sample else posterior.mode()
-    # SVD's AutoencoderKLTemporalDecoder mixes frames in its decoder and needs their number; AutoencoderKL decodes images.
-    if "num_frames" in inspect.signature(vae.decode).parameters:
-        decoded = vae.decode(latents, num_frames=frames).sample
-    else:
-        decoded = vae.decode(latents).sample
-    return decoded.unflatten(0, (batch, frames)), posterior
+def decodes_clips(vae) -> bool:
+    """True for SVD's AutoencoderKLTemporalDecoder, which mixes frames in its decoder and needs their number; False for AutoencoderKL."""
+    return "num_frames" in inspect.signature(vae.forward).parameters
 
 
 def vae_loss(vae, pixels: torch.Tensor, kl_weight: float, generator=None) -> torch.Tensor:
-    """Mean squared error of the reconstruction from a posterior sample, plus kl_weight x the KL to N(0, I) per latent element."""
-    decoded, posterior = reconstruct(vae, pixels, sample=True, generator=generator)
+    """Mean squared error of the reconstruction of clips [B, F, 3, H, W] in [-1, 1] from a posterior sample,
+    plus kl_weight x the KL to N(0, I) per latent element; a temporal decoder decodes each clip's F frames together."""
+    batch, frames = pixels.shape[:2]
+    posterior = vae.encode(pixels.flatten(0, 1)).latent_dist
+    kwargs = {"num_frames": frames} if decodes_clips(vae) else {}
+    decoded = vae.decode(posterior.sample(generator), **kwargs).sample.unflatten(0, (batch, frames))
     kl_per_element = posterior.kl().mean() / math.prod(posterior.mean.shape[1:])
     return torch.nn.functional.mse_loss(decoded, pixels) + kl_weight * kl_per_element
 
 
-@torch.no_grad()
-def reconstruction_psnr(vae, clips: torch.Tensor, batch_size: int = 8) -> float:
-    """PSNR in dB (uint8 RGB, peak 255, over every pixel of `clips` uint8 [N, F, 3, H, W]) of their reconstruction through the posterior mode."""
-    squared_error, count = 0.0, 0
-    for batch in clips.split(batch_size):
-        decoded, _ = reconstruct(vae, to_model_range(batch), sample=False)
-        decoded_uint8 = ((decoded.clamp(-1, 1) + 1) * 127.5).round()
-        squared_error += ((decoded_uint8 - batch.float()) ** 2).sum().item()
-        count += batch.numel()
-    return 10 * math.log10(255.0**2 / (squared_error / count))
+def reconstruction_psnr(vae, clips: torch.Tensor) -> float:
+    """PSNR in dB over every pixel of `clips` uint8 [N, F, 3, H, W] and their reconstruction (posterior mode, each clip decoded as one)."""
+    frames = clips.permute(0, 1, 3, 4, 2).flatten(0, 1).numpy()
+    # Image VAEs take eight clips a call; a temporal decoder exactly one, so that it mixes only a clip's frames.
+    chunk_size = clips.shape[1] * (1 if decodes_clips(vae) else 8)
+    reconstructed = vae_reconstruction(vae, frames, chunk_size)
+    # All frames stacked into one tall image: PSNR over every pixel at once.
+    width = frames.shape[2]
+    return psnr(reconstructed.reshape(-1, width, 3), frames.reshape(-1, width, 3))
 
 
 @torch.no_grad()

@@ -11,7 +11,10 @@ import logging
 
 import torch
 
-from common.training import SetupError, flush_denormals, model_folder_error, run_cli
+from common.cli import SetupError, run_cli
+from common.training import flush_denormals
+from genex.latent_cache import build_latent_cache, default_cache_dir
+from genex.models import load_encoders
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -32,28 +35,11 @@ def parse_args(argv=None):
     return args
 
 
-def load_encoders(args):
-    """The VAE, image encoder and feature extractor of an SVD pipeline folder (what caching and training both need)."""
-    from diffusers import AutoencoderKLTemporalDecoder
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-    path = args.pretrained_model_name_or_path
-    try:
-        feature_extractor = CLIPImageProcessor.from_pretrained(path, subfolder="feature_extractor")
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(path, subfolder="image_encoder", variant=args.variant)
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", variant=args.variant)
-    except (OSError, ValueError) as error:
-        raise model_folder_error(path, error, "Stable Video Diffusion", args.variant) from None
-    return vae, image_encoder, feature_extractor
-
-
 def main(argv=None):
-    from genex.latent_cache import build_latent_cache, default_cache_dir
-
     flush_denormals()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     args = parse_args(argv)
-    vae, image_encoder, feature_extractor = load_encoders(args)
+    vae, image_encoder, feature_extractor = load_encoders(args.pretrained_model_name_or_path, args.variant)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cache_dir = args.cache_dir or default_cache_dir(args.base_folder)
     written, reused = build_latent_cache(args.base_folder, cache_dir, vae, image_encoder, feature_extractor,

@@ -21,9 +21,6 @@ from torch.utils.data import Dataset
 from common.images import to_rgb
 from common.pixels import to_model_range
 
-# to_rgb and to_model_range live in common/ (PECN uses them too); they stay importable from here.
-__all__ = ["FrameFolderDataset", "decode_frame", "find_frame_folders", "load_frame", "natural_key", "to_model_range", "to_rgb"]
-
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")

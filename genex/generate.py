@@ -1,4 +1,4 @@
-"""Generating an exploration video from one panorama, for validation and for the sampler."""
+"""Generating exploration videos from one panorama, for validation, the sampler and the evaluation."""
 
 import math
 from pathlib import Path
@@ -6,6 +6,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from common.images import to_rgb
+from genex.spherical import rotate_yaw
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -23,29 +26,11 @@ def list_images(folder, limit=None) -> list[Path]:
 
 def load_rgb(path) -> Image.Image:
     """An image as 8-bit RGB, converted as training frames are (16-bit scaled, alpha over white)."""
-    from common.images import to_rgb
-
     try:
         with Image.open(path) as image:
             return to_rgb(image)
     except OSError as error:
         raise ValueError(f"{path}: cannot read image ({error})") from None
-
-
-def resolution_multiple(vae, unet) -> int:
-    """Width and height must be multiples of this: the VAE's and the UNet's downsampling, and the SVD pipeline's own 8."""
-    downsampling = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.block_out_channels) - 1)
-    return math.lcm(8, downsampling)
-
-
-def check_svd_fits(vae, unet, folder, width: int, height: int) -> None:
-    """Refuse, before training or generating, a UNet that cannot take SVD's inputs or a size the model cannot generate."""
-    latent_channels, in_channels = vae.config.latent_channels, unet.config.in_channels
-    if in_channels != 2 * latent_channels:
-        raise ValueError(f"{folder}: unet takes {in_channels} input channels, SVD needs 2 x {latent_channels} (noisy + conditioning latents)")
-    multiple = resolution_multiple(vae, unet)
-    if width % multiple or height % multiple:
-        raise ValueError(f"--width {width} and --height {height} must be multiples of {multiple} for this model")
 
 
 @torch.no_grad()
@@ -73,3 +58,38 @@ def generate_video(pipeline, image: Image.Image, width: int, height: int, num_fr
 def resize_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize every frame of a [T,H,W,3] uint8 video."""
     return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.LANCZOS)) for f in frames])
+
+
+def parse_trajectory(text: str) -> list[tuple[float, int]]:
+    """Segments [(yaw degrees, frames), ...] of a path written "yaw:frames,yaw:frames", e.g. "0:25,180:25"."""
+    segments = []
+    for part in text.split(","):
+        yaw, sep, frames = part.strip().partition(":")
+        try:
+            segment = (float(yaw), int(frames))
+        except ValueError:
+            segment = None
+        if not sep or segment is None or not math.isfinite(segment[0]) or segment[1] < 1:
+            raise ValueError(f"{part.strip()!r} is not yaw:frames (degrees, then a frame count >= 1), in {text!r}")
+        segments.append(segment)
+    return segments
+
+
+def explore_path(pipeline, panorama: Image.Image, segments, width: int, height: int, fps: int, motion_bucket_id: int,
+                 num_inference_steps: int, decode_chunk_size: int, generator=None) -> np.ndarray:
+    """Frames uint8 [sum of the segments' frames, height, width, 3] of a path of segments (yaw degrees, frames).
+
+    Each segment turns the current view by its yaw (rotate_yaw: the rotation of SCL and --yaw) and
+    walks forward from it; the current view is the panorama for the first segment and the last frame of
+    the segment before for the others. A segment keeps all its frames, its first one too (the turned
+    view as the model renders it), so the path is exactly as long as its segments' frames add up to.
+    """
+    if not segments:
+        raise ValueError("a path needs at least one segment")
+    view, videos = np.asarray(panorama), []
+    for yaw, num_frames in segments:
+        view = rotate_yaw(view, yaw, width_axis=1)
+        videos.append(generate_video(pipeline, Image.fromarray(view), width, height, num_frames, fps, motion_bucket_id,
+                                     num_inference_steps, decode_chunk_size, generator))
+        view = videos[-1][-1]
+    return np.concatenate(videos)

@@ -29,19 +29,6 @@ from common.pixels import to_model_range
 from genex.conditioning import clip_image_embedding, frame_latent_statistics, sample_latents
 from genex.data import FrameFolderDataset, find_frame_folders, load_frame
 
-__all__ = [
-    "CACHE_FILE_NAME",
-    "LatentCacheDataset",
-    "build_latent_cache",
-    "cache_entry_path",
-    "cache_fingerprint",
-    "cache_entry_problem",
-    "default_cache_dir",
-    "frame_latent_statistics",
-    "frame_stamps",
-    "sample_latents",
-]
-
 logger = logging.getLogger(__name__)
 
 CACHE_FILE_NAME = "latents.safetensors"

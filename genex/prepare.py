@@ -20,11 +20,9 @@ import os
 import re
 import shutil
 import sys
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence
 
 import av
 import cv2
@@ -33,22 +31,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from common.files import DiskFullError, die_with_parent, naming_path, write_file
-from common.video import VideoDecodeError, evenly_spaced_indices, iter_video_frames, video_stream
+from common.files import DiskFullError, WorkerDied, WorkerPool, atomic_folder, clean_staging_folders, write_file
+from common.video import VideoDecodeError, VideoSource, evenly_spaced_indices, iter_video_frames, video_stream
 
 SCENE_TYPES = ("realistic", "low_texture", "anime", "real_world")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi")
 TABLE_EXTENSIONS = (".parquet", ".csv")
 VIDEO_COLUMN = "video"
-PARTIAL_SUFFIX = ".partial"
 JPEG_QUALITY = 95
 # How deep below --dataset_path scene folders or files are looked for (a hub snapshot nests them).
 SEARCH_DEPTH = 3
 # Sharded file names such as realistic-00000-of-00004.parquet name their scene before the suffix.
 SHARD_SUFFIX = re.compile(r"[-_]\d+[-_]of[-_]\d+$")
 LFS_POINTER = b"version https://git-lfs"
-
-VideoSource = Union[bytes, Path]
 
 
 class DatasetLayoutError(ValueError):
@@ -281,17 +276,9 @@ def write_frames(source: VideoSource, folder: Path, frames_per_video: int, image
     return written, decoded
 
 
-def partial_folder(video_dir: Path) -> Path:
-    """Where a video is written before it is complete; hidden, so no reader takes it for a finished one."""
-    return video_dir.with_name(f".{video_dir.name}{PARTIAL_SUFFIX}")
-
-
 def extract_video(source: VideoSource, video_dir: Path, frames_per_video: int, image_size: tuple[int, int]) -> int:
     """Write `frames_per_video` evenly spaced frames (all, if the video is shorter) into `video_dir`; return how many."""
-    partial = partial_folder(video_dir)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with atomic_folder(video_dir) as partial:
         expected = count_frames(source)
         written, decoded = write_frames(source, partial, frames_per_video, image_size, expected)
         if decoded != expected and decoded > 0:
@@ -301,12 +288,6 @@ def extract_video(source: VideoSource, video_dir: Path, frames_per_video: int, i
             written, decoded = write_frames(source, partial, frames_per_video, image_size, decoded)
         if written == 0:
             raise VideoDecodeError(f"{video_dir.name}: the video has no decodable frames")
-        os.replace(partial, video_dir)
-    except BaseException as error:
-        shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(error, OSError):
-            raise naming_path(error, partial) from None
-        raise
     return written
 
 
@@ -318,35 +299,6 @@ def _extract_reporting(source: VideoSource, video_dir: Path, frames_per_video: i
         raise
     except Exception as error:  # one bad video must not end a run over thousands: it is reported by name
         return None, str(error) or type(error).__name__
-
-
-def _init_worker() -> None:
-    # One OpenCV thread per process: the parallelism comes from the processes.
-    cv2.setNumThreads(1)
-    die_with_parent()
-
-
-class _Workers:
-    """A process pool that replaces itself when a worker dies (e.g. killed for memory), so the run goes on.
-
-    The videos in flight when that happens are reported as failed; a rerun retries them.
-    """
-
-    def __init__(self, num_workers: int):
-        self.num_workers = num_workers
-        self.pool = ProcessPoolExecutor(num_workers, initializer=_init_worker)
-
-    def submit(self, *args) -> Future:
-        try:
-            return self.pool.submit(*args)
-        except BrokenProcessPool:
-            self.pool.shutdown(wait=False)
-            self.pool = ProcessPoolExecutor(self.num_workers, initializer=_init_worker)
-            return self.pool.submit(*args)
-
-    def shutdown(self) -> None:
-        # On Ctrl-C, drop queued videos instead of finishing them; partial folders are hidden and cleaned next run.
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- a whole dataset
@@ -370,42 +322,21 @@ class PrepareSummary:
     missing: list[str]
 
 
-def _clean_partials(scene_dir: Path) -> int:
-    leftovers = [p for p in scene_dir.glob(f".video_*{PARTIAL_SUFFIX}") if p.is_dir()]
-    for path in leftovers:
-        shutil.rmtree(path)
-    return len(leftovers)
-
-
-def _prepare_scene(workers: _Workers, scene: str, files: list[Path], root: Path, output_dir: Path, frames_per_video: int, image_size: tuple[int, int], show_progress: bool) -> SceneReport:
+def _prepare_scene(workers: WorkerPool, scene: str, files: list[Path], root: Path, output_dir: Path, frames_per_video: int, image_size: tuple[int, int], show_progress: bool) -> SceneReport:
     report = SceneReport(scene)
     scene_dir = output_dir / scene
     scene_dir.mkdir(parents=True, exist_ok=True)
-    report.cleaned_partials = _clean_partials(scene_dir)
+    report.cleaned_partials = clean_staging_folders(scene_dir, "video_*")
     done = {p.name for p in scene_dir.iterdir() if p.is_dir()}
 
     def is_done(number: int) -> bool:
         return f"video_{number:05d}" in done
 
-    in_flight: dict[Future, str] = {}
+    names: dict[Path, str] = {}
     bar = tqdm(total=count_videos(files), desc=scene, unit="video", disable=not show_progress)
 
-    def collect(futures) -> None:
-        for future in futures:
-            name = in_flight.pop(future)
-            try:
-                written, error = future.result()
-            except BrokenProcessPool:
-                written, error = None, "the worker process died while decoding this video"
-            if error is not None:
-                report.failed.append((name, error))
-            else:
-                report.written += 1
-                if written < frames_per_video:
-                    report.short.append((name, written))
-            bar.update()
-
-    try:
+    def extraction_jobs():
+        """The videos still to extract; the ones already done or unreadable at the source are counted here."""
         for job in iter_video_jobs(files, root, is_done):
             name = f"{scene}/video_{job.number:05d} ({job.origin})"
             if job.error is not None:
@@ -415,13 +346,21 @@ def _prepare_scene(workers: _Workers, scene: str, files: list[Path], root: Path,
                 report.skipped += 1
                 bar.update()
             else:
-                # Bounded in-flight work: at most two videos' data queued per worker.
-                if len(in_flight) >= 2 * workers.num_workers:
-                    collect(wait(in_flight, return_when=FIRST_COMPLETED).done)
-                in_flight[workers.submit(_extract_reporting, job.source, scene_dir / f"video_{job.number:05d}", frames_per_video, image_size)] = name
-        collect(wait(in_flight).done)
+                video_dir = scene_dir / f"video_{job.number:05d}"
+                names[video_dir] = name
+                yield job.source, video_dir, frames_per_video, image_size
+
+    try:
+        for (_, video_dir, _, _), result in workers.run(_extract_reporting, extraction_jobs()):
+            written, error = (None, str(result)) if isinstance(result, WorkerDied) else result
+            if error is not None:
+                report.failed.append((names[video_dir], error))
+            else:
+                report.written += 1
+                if written < frames_per_video:
+                    report.short.append((names[video_dir], written))
+            bar.update()
     except DatasetLayoutError as error:
-        collect(wait(in_flight).done)
         report.error = str(error)
     finally:
         bar.close()
@@ -458,13 +397,11 @@ def prepare_dataset(
         )
     output_dir = Path(output_dir)
     reports = []
-    workers = _Workers(num_workers)
-    try:
+    # On Ctrl-C the queued videos are dropped; their hidden partial folders are cleaned by the next run.
+    with WorkerPool(num_workers) as workers:
         for scene in scene_types:
             if sources[scene]:
                 reports.append(_prepare_scene(workers, scene, sources[scene], root, output_dir, frames_per_video, tuple(image_size), show_progress))
-    finally:
-        workers.shutdown()
     return PrepareSummary(frames_per_video, reports, missing)
 
 

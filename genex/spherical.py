@@ -106,8 +106,9 @@ def scl_beta_released(step: int, max_train_steps: int) -> float:
 
 def combine_edm_scl(l_edm: torch.Tensor, l_scl: torch.Tensor, beta: float):
     """(alpha * L_edm + beta * L_scl with alpha = 1 - beta, beta used) for scalar losses; beta is 0 when L_scl > 10 L_edm."""
-    # GenEx skips the SCL term for a step where it would swamp the denoising loss.
-    if l_scl.item() > 10 * l_edm.item():
+    # GenEx skips the SCL term for a step where it would swamp the denoising loss. On the meta device
+    # (counting FLOPs) there are no values to compare: the term is kept, as in a step that keeps it.
+    if not l_scl.is_meta and l_scl.item() > 10 * l_edm.item():
         beta = 0.0
     if beta == 0.0:
         # Left out of the graph, so the backward pass does not run through SCL's decode and encodes for zeros.

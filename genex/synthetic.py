@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from common.video import encode_video_bytes, write_mp4
+from genex.prepare import SCENE_TYPES
 
-SCENE_TYPES = ("realistic", "low_texture", "anime", "real_world")
 # Folder names as published on the hub; readers match them case- and punctuation-insensitively.
 PUBLISHED_SCENE_FOLDERS = {"realistic": "Realistic", "low_texture": "Low-Texture", "anime": "Anime", "real_world": "Real-World"}
 CAMERA_HEIGHT = 1.6

@@ -21,7 +21,7 @@ from diffusers import (
 )
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from common.training import run_cli
+from common.cli import run_cli
 from common.vae_fitting import FitSettings, add_vae_fitting_args, fit_settings, fit_vae_to_videos
 from genex.data import find_frame_folders
 

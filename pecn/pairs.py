@@ -4,17 +4,22 @@ Columns: input_image, edited_image (PIL RGB, lazily decoded by `datasets.Image`)
 id, task, label, num_frames, progress (percent, or -1 without progress). A video that has no
 frame `target_frame_idx`, whose extraction failed, or whose frame files are missing or not
 readable images yields no pair; those are counted by reason and reported, unreadable files by name.
+`pair_transform` and `collate` turn the pairs into training batches (uint8 pixels, token ids).
 """
 
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Optional
 
 import datasets
+import numpy as np
+import torch
 from PIL import Image
 
+from common.images import to_rgb
 from pecn.dataset import load_annotations
 from pecn.prompts import build_prompt, progress_percent
 from pecn.video_loader import frame_path
@@ -101,3 +106,42 @@ def build_pair_dataset(annotation_file: os.PathLike, frames_dir: os.PathLike, in
     })
     columns = {name: [record[name] for record in records] for name in features}
     return datasets.Dataset.from_dict(columns, features=features), dict(sorted(skipped.items()))
+
+
+def mirror_prompt(prompt: str) -> str:
+    """Swap 'left' and 'right' so a horizontally flipped pair is still described truthfully."""
+    swap = {"left": "right", "right": "left", "Left": "Right", "Right": "Left"}
+    return re.sub(r"\b(left|right|Left|Right)\b", lambda match: swap[match.group(0)], prompt)
+
+
+def pair_transform(resolution: int, tokenizer, with_mirrored_prompts: bool = False):
+    """HF Datasets transform: PIL pairs to uint8 [3,R,R] tensors, prompts (and, for flips, their mirrored form) to token ids.
+
+    The flip itself is drawn in the training step from the run's generator (pecn.step.random_flip), so it resumes exactly.
+    """
+
+    def to_tensor(image):
+        image = to_rgb(image)
+        if image.size != (resolution, resolution):
+            image = image.resize((resolution, resolution), resample=Image.Resampling.BICUBIC)
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def tokenize(prompts):
+        return list(tokenizer(prompts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids)
+
+    def transform(examples):
+        prompts = list(examples["edit_prompt"])
+        batch = {
+            "original_pixel_values": [to_tensor(image) for image in examples["input_image"]],
+            "edited_pixel_values": [to_tensor(image) for image in examples["edited_image"]],
+            "input_ids": tokenize(prompts),
+        }
+        if with_mirrored_prompts:
+            batch["mirrored_input_ids"] = tokenize([mirror_prompt(prompt) for prompt in prompts])
+        return batch
+
+    return transform
+
+
+def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([example[key] for example in examples]) for key in examples[0]}

@@ -31,14 +31,3 @@ TASK_TEMPLATES: dict[str, list[str]] = {
 def strip_brackets(template: str) -> str:
     """SSv2 annotation template to its labels.json key: "Moving [something] up" -> "Moving something up"."""
     return template.replace("[", "").replace("]", "")
-
-
-def task_of_template(task_templates: dict[str, list[str]] = TASK_TEMPLATES) -> dict[str, str]:
-    """Map each template (no brackets) to its task; a template listed under two tasks is an error."""
-    owner: dict[str, str] = {}
-    for task, templates in task_templates.items():
-        for template in templates:
-            if template in owner and owner[template] != task:
-                raise ValueError(f"template {template!r} is listed under both {owner[template]!r} and {task!r}")
-            owner[template] = task
-    return owner

@@ -31,7 +31,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from common.training import run_cli
+from common.cli import run_cli
 from common.vae_fitting import FitSettings, add_vae_fitting_args, fit_settings, fit_vae_to_videos
 from pecn.dataset import load_annotations
 from pecn.prompts import build_prompt

@@ -11,10 +11,9 @@ cannot be extracted keeps its entry, marked with "num_frames": 0 and "extract_er
 """
 
 import argparse
+import contextlib
 import os
-import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -23,7 +22,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from common.files import DiskFullError, die_with_parent, naming_path, remove_stale_temps, write_file
+from common.files import DiskFullError, WorkerDied, WorkerPool, atomic_folder, remove_stale_temps, write_file
 from common.video import VideoDecodeError, iter_video_frames
 from pecn.dataset import AnnotationError, load_annotations, write_json_atomic
 
@@ -109,58 +108,32 @@ def extract_video(video_path: os.PathLike, video_id: str, frames_dirs: dict[Size
     if not video_path.is_file():
         return ExtractResult(video_id, "failed", error=f"{video_path}: video file not found")
 
-    # Frames go to a hidden temporary folder renamed when complete, so an interrupted run leaves no half video.
-    temp_dirs = {size: Path(frames_dirs[size]) / f".{video_id}.partial" for size in todo}
+    # Frames go to hidden folders renamed when complete, so an interrupted run leaves no half video.
     try:
-        for temp_dir in temp_dirs.values():
-            shutil.rmtree(temp_dir, ignore_errors=True)
-            temp_dir.mkdir(parents=True)
-        num_frames = write_frames(video_path, temp_dirs)
-        if num_frames == 0:
-            raise VideoDecodeError(f"{video_path}: no frames decoded")
-        if known_counts and num_frames not in known_counts:
-            raise VideoDecodeError(f"{video_path}: decoded {num_frames} frames but {known_counts.pop()} were extracted before")
-        for size, temp_dir in temp_dirs.items():
-            os.replace(temp_dir, Path(frames_dirs[size]) / video_id)
+        with contextlib.ExitStack() as stack:
+            temp_dirs = {size: stack.enter_context(atomic_folder(Path(frames_dirs[size]) / video_id)) for size in todo}
+            num_frames = write_frames(video_path, temp_dirs)
+            if num_frames == 0:
+                raise VideoDecodeError(f"{video_path}: no frames decoded")
+            if known_counts and num_frames not in known_counts:
+                raise VideoDecodeError(f"{video_path}: decoded {num_frames} frames but {known_counts.pop()} were extracted before")
+    except DiskFullError:
+        # Every later video would fail the same way: the run stops instead of marking them all bad.
+        raise
     except (VideoDecodeError, OSError) as error:
-        for temp_dir in temp_dirs.values():
-            shutil.rmtree(temp_dir, ignore_errors=True)
-        if isinstance(error, OSError):
-            error = naming_path(error, next(iter(temp_dirs.values())))
-            if isinstance(error, DiskFullError):
-                # Every later video would fail the same way: the run stops instead of marking them all bad.
-                raise error from None
         return ExtractResult(video_id, "failed", error=str(error))
     return ExtractResult(video_id, "extracted", num_frames)
 
 
-def _single_threaded_worker() -> None:
-    # One process per core already; OpenCV's own threads would only oversubscribe.
-    cv2.setNumThreads(1)
-    die_with_parent()
-
-
 def extract_all(video_ids: Iterable[str], videos_dir: os.PathLike, frames_dirs: dict[Size, Path], num_workers: int = 1) -> dict[str, ExtractResult]:
-    """Extract <videos_dir>/<id>.webm for every id, in a process pool when num_workers > 1."""
+    """Extract <videos_dir>/<id>.webm for every id, in `num_workers` processes."""
     jobs = [(Path(videos_dir) / f"{video_id}.webm", video_id, frames_dirs) for video_id in dict.fromkeys(video_ids)]
     results = {}
-    with tqdm(total=len(jobs), desc="extracting frames", unit="video") as progress:
-        if num_workers <= 1:
-            for job in jobs:
-                result = extract_video(*job)
-                results[result.video_id] = result
-                progress.update()
-        else:
-            with ProcessPoolExecutor(max_workers=num_workers, initializer=_single_threaded_worker) as pool:
-                try:
-                    for future in as_completed([pool.submit(extract_video, *job) for job in jobs]):
-                        result = future.result()
-                        results[result.video_id] = result
-                        progress.update()
-                except BaseException:
-                    # A full disk or Ctrl-C stops the run now, not after every queued video has been tried.
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+    # A full disk or Ctrl-C stops the run now, not after every queued video has been tried.
+    with tqdm(total=len(jobs), desc="extracting frames", unit="video") as progress, WorkerPool(num_workers) as workers:
+        for (_, video_id, _), result in workers.run(extract_video, jobs):
+            results[video_id] = ExtractResult(video_id, "failed", error=str(result)) if isinstance(result, WorkerDied) else result
+            progress.update()
     return results
 
 
@@ -185,8 +158,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--annotation_files", nargs="+", default=None, help="Filtered annotation files to extract and update (default: <data_root>/annotations/train_filtered.json and val_filtered.json).")
     parser.add_argument("--videos_dir", default=None, help="Folder of <id>.webm videos (default: <data_root>/videos).")
     parser.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in DEFAULT_SIZES], help="Frame sizes WxH to write, each to its own frames_<W>x<H> folder.")
-    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Processes decoding videos in parallel (1: no pool).")
-    return parser.parse_args(argv)
+    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Processes decoding videos in parallel (1: decode in this process).")
+    args = parser.parse_args(argv)
+    if args.num_workers < 1:
+        parser.error(f"--num_workers must be at least 1, got {args.num_workers}")
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export DEMO_DIR=${DEMO_DIR:-demo_output}
+# A rerun of the demo replaces its own earlier results folders (the samplers refuse them otherwise).
+export OVERWRITE_OUTPUT_DIR=${OVERWRITE_OUTPUT_DIR:-True}
 bash scripts/demo_genex.sh
 bash scripts/demo_pecn.sh
 echo

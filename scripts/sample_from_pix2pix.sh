@@ -2,7 +2,7 @@
 # PECN sampling and evaluation: predictions, [input | ground truth | prediction] grids and metrics
 # beside the copy-the-input baseline. Set the variables below here or in the environment, e.g.
 #   MODEL_DIR=outputs/instruct_pix2pix_128 NUM_SAMPLES=all PROGRESS=True bash scripts/sample_from_pix2pix.sh
-# Extra arguments are passed on to sample_from_pix2pix.py (e.g. --device cpu).
+# Extra arguments are passed on to sample_from_pix2pix.py (e.g. --device cpu, --lpips_weights DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,7 @@ NUM_INFERENCE_STEPS=${NUM_INFERENCE_STEPS:-20}
 IMAGE_GUIDANCE_SCALE=${IMAGE_GUIDANCE_SCALE:-1.5}
 GUIDANCE_SCALE=${GUIDANCE_SCALE:-7.5}
 PROGRESS=${PROGRESS:-False}                                    # True if the model was trained with PROGRESS=True
+OVERWRITE_OUTPUT_DIR=${OVERWRITE_OUTPUT_DIR:-False}            # True replaces an earlier run in OUTPUT_DIR once this one completes
 
 args=(
   --model_dir="$MODEL_DIR"
@@ -34,6 +35,11 @@ case "${PROGRESS,,}" in
   1|true|yes) args+=(--add_progress) ;;
   0|false|no) args+=(--no-add_progress) ;;
   *) echo "error: PROGRESS=$PROGRESS: expected True/False/1/0" >&2; exit 2 ;;
+esac
+case "${OVERWRITE_OUTPUT_DIR,,}" in
+  1|true|yes) args+=(--overwrite_output_dir) ;;
+  0|false|no) args+=(--no-overwrite_output_dir) ;;
+  *) echo "error: OVERWRITE_OUTPUT_DIR=$OVERWRITE_OUTPUT_DIR: expected True/False/1/0" >&2; exit 2 ;;
 esac
 
 python sample_from_pix2pix.py "${args[@]}" "$@"

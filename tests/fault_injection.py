@@ -14,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from conftest import REPO_ROOT  # also puts the repository on sys.path, for the scripts run here
 
 
 def call_numbers(name: str) -> set[int]:
@@ -73,4 +72,4 @@ if __name__ == "__main__":
     script = sys.argv[1]
     install_faults(Path(script).name)
     sys.argv = sys.argv[1:]
-    runpy.run_path(str(REPO / script), run_name="__main__")
+    runpy.run_path(str(REPO_ROOT / script), run_name="__main__")

@@ -3,14 +3,12 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from bench.data_stages import COLUMNS, png_pixels_identical
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 
 
 def test_quick_run_reports_every_stage_with_identical_ssv2_pixels():

@@ -10,13 +10,8 @@ from bench import train_step
 from bench.full_size import build_instruct_pix2pix_full, build_svd_full, count_params_m
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine spin against each other; one is faster and steadier.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread: faster and steadier on a shared 2-core machine (conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_bench(capsys, *argv) -> tuple[list[str], dict]:
@@ -74,6 +69,8 @@ def test_genex_cached_latents_with_scl(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--pipeline", "pecn", "--tiny", "--scl_loss"], "--scl_loss: GenEx only"),
+    (["--pipeline", "genex", "--tiny", "--random_flip"], "--random_flip: PECN only"),
+    (["--pipeline", "pecn", "--tiny", "--cached_latents"], "--cached_latents: GenEx only"),
     (["--pipeline", "pecn", "--tiny", "--width", "32", "--height", "64"], "PECN trains square images"),
     (["--pipeline", "genex", "--tiny", "--full"], "not allowed with argument"),
     (["--pipeline", "genex", "--tiny", "--device", "meta", "--compile"], "runs no optimizer or compiler"),
@@ -101,6 +98,15 @@ def test_full_size_parameter_counts():
     assert ip2p["unet"].config.in_channels == 8 and round(count_params_m(ip2p["unet"]), 1) == 859.5
     assert round(count_params_m(ip2p["text_encoder"]), 1) == 123.1
     assert max(ip2p["tokenizer"].get_vocab().values()) < ip2p["text_encoder"].config.vocab_size
+
+
+@pytest.mark.parametrize("pipeline, option", [("genex", ["--p_mean", "2.0"]), ("pecn", ["--conditioning_dropout_prob", "0.4"])])
+def test_the_bench_runs_the_scripts_objective_with_its_options(capsys, pipeline, option):
+    """The step measured is the training script's (genex.step / pecn.step) with the script's flags: the same options give the
+    same loss and FLOPs, another objective option another loss."""
+    runs = [run_bench(capsys, "--pipeline", pipeline, "--tiny", "--steps", "2", *extra)[1]["rows"][0] for extra in ([], [], option)]
+    assert runs[0]["loss"] == runs[1]["loss"] and runs[0]["step_tflop"] == runs[1]["step_tflop"]
+    assert runs[2]["loss"] != runs[0]["loss"]
 
 
 def test_mfu_is_flops_over_time_and_peak():

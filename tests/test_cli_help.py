@@ -2,13 +2,13 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
+
 COMMANDS = [
-    ["prepare_dataset.py"], ["train_world_explorer.py"], ["sample_world_explorer.py"],
+    ["prepare_dataset.py"], ["train_world_explorer.py"], ["sample_world_explorer.py"], ["evaluate_world_explorer.py"],
     ["train_instruct_pix2pix.py"], ["sample_from_pix2pix.py"],
     ["-m", "genex.synthetic"], ["-m", "genex.tiny"], ["-m", "genex.cache_latents"],
     ["-m", "bench.data_stages"], ["-m", "bench.train_step"],
@@ -18,6 +18,6 @@ COMMANDS = [
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[-1])
 def test_help(command):
-    result = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, *command, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout and "--" in result.stdout

@@ -1,16 +1,13 @@
 """Data preparation survives a kill and a full disk: the rerun ends with exactly the output of an uninterrupted run."""
 
 import errno
-import functools
 import json
-import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,11 +16,11 @@ import genex.prepare as prepare
 import prepare_dataset
 from common import files
 from common.files import DiskFullError, write_file, write_json_atomic
+from conftest import REPO_ROOT
 from genex.synthetic import write_genex_db
 from pecn import dataset, video_loader
 from pecn.synthetic import write_synthetic_ssv2
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 GENEX_ARGS = ["--scene_types", "realistic", "--frames_per_video", "8", "--image_size", "256", "128", "--quiet"]
 PECN_SIZES = ["--sizes", "128x128", "96x96"]
 
@@ -137,11 +134,6 @@ def test_prepare_dataset_killed_mid_video_then_rerun_equals_an_uninterrupted_run
     assert identities(sorted({Path(p).parent for p in finished})) == finished
 
 
-def fork_pool(monkeypatch) -> None:
-    # The fault below is patched into this process; forked workers inherit it whatever the default start method.
-    monkeypatch.setattr(prepare, "ProcessPoolExecutor", functools.partial(ProcessPoolExecutor, mp_context=multiprocessing.get_context("fork")))
-
-
 def full_disk_after(writes: int, real_write):
     """A writer that writes `writes` files and then fails as a full disk does."""
     count = [0]
@@ -158,7 +150,6 @@ def full_disk_after(writes: int, real_write):
 def test_prepare_dataset_full_disk_is_one_error_and_the_rerun_completes(genex_db, genex_reference, tmp_path, monkeypatch, capsys):
     output = tmp_path / "b"
     argv = ["--dataset_path", str(genex_db), "--output_dir", str(output), "--num_workers", "1", *GENEX_ARGS]
-    fork_pool(monkeypatch)
     # Two whole videos fit, the third fills the disk.
     monkeypatch.setattr(prepare, "write_file", full_disk_after(2 * 8 + 3, write_file))
     assert prepare_dataset.main(argv) == 1
@@ -172,7 +163,6 @@ def test_prepare_dataset_full_disk_is_one_error_and_the_rerun_completes(genex_db
     assert all(genex_reference[p] == data for p, data in written.items())
 
     monkeypatch.undo()
-    fork_pool(monkeypatch)
     assert prepare_dataset.main(argv) == 0
     assert "2 skipped as already done" in capsys.readouterr().out
     assert tree(output) == genex_reference

@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from genex.data import FrameFolderDataset, find_frame_folders, load_frame, natural_key, to_model_range, to_rgb
+from common.images import to_rgb
+from common.pixels import to_model_range
+from genex.data import FrameFolderDataset, find_frame_folders, load_frame, natural_key
 
 GREY_STEP = 10
 

@@ -17,16 +17,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-HARNESS = REPO / "tests" / "fault_injection.py"
+from conftest import REPO_ROOT
+
+HARNESS = REPO_ROOT / "tests" / "fault_injection.py"
 STEPS = 6
 
 
 def start(script, args, faults=None, marker=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), **(faults or {}))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **(faults or {}))
     if marker is not None:
         env["FAULT_MARKER"] = str(marker)
-    return subprocess.Popen([sys.executable, str(HARNESS), script, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, str(HARNESS), script, *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def run_to_end(script, args, faults=None):
@@ -83,7 +84,7 @@ def pecn_setup(tmp_path_factory):
         ("pecn.video_loader", ["--data_root", str(data), "--sizes", "32x32", "--num_workers", "1"]),
         ("pecn.tiny", ["--kind", "instruct_pix2pix", "--output_dir", str(root / "model")]),
     ):
-        subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, check=True, capture_output=True)
     common = [
         f"--pretrained_model_name_or_path={root / 'model'}", f"--data_root={data}", "--resolution=32", "--train_batch_size=2",
         "--learning_rate=1e-3", "--lr_warmup_steps=0", "--seed=7", "--report_to=tensorboard", "--num_validation_images=0",
@@ -132,8 +133,8 @@ def test_killed_twice_and_resumed_equals_the_straight_run(pipeline, request):
 
     # Resumed, then killed while checkpoint-4 is half written: checkpoint-2 must stay the one to resume from.
     run_until_paused_then_kill(setup["script"], args, {"FAULT_PAUSE_IN_SAVE": "4"}, marker)
-    assert checkpoint_names(killed) == [".checkpoint-4.incomplete", "checkpoint-2"]
-    assert not (killed / ".checkpoint-4.incomplete" / "training_state.json").exists()
+    assert checkpoint_names(killed) == [".checkpoint-4.partial", "checkpoint-2"]
+    assert not (killed / ".checkpoint-4.partial" / "training_state.json").exists()
 
     code, output = run_to_end(setup["script"], args)
     assert code == 0, output[-3000:]

@@ -10,21 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from genex.conditioning import clip_image_embedding, encode_video_latents
-from genex.data import FrameFolderDataset, load_frame, to_model_range
-from genex.latent_cache import (
-    LatentCacheDataset,
-    build_latent_cache,
-    cache_entry_path,
-    cache_fingerprint,
-    default_cache_dir,
-    frame_latent_statistics,
-    sample_latents,
-)
+from conftest import REPO_ROOT
+from common.pixels import to_model_range
+from genex.conditioning import clip_image_embedding, encode_video_latents, frame_latent_statistics, sample_latents
+from genex.data import FrameFolderDataset, load_frame
+from genex.latent_cache import LatentCacheDataset, build_latent_cache, cache_entry_path, cache_fingerprint, default_cache_dir
 from genex.synthetic import render_forward_video
 from genex.tiny import build_tiny_svd_pipeline, save_tiny_svd_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 32, 16
 
 
@@ -180,10 +173,10 @@ def test_cli_writes_the_default_hidden_cache_and_reuses_it(tmp_path):
     model = save_tiny_svd_pipeline(tmp_path / "tiny_svd")
     command = [sys.executable, "-m", "genex.cache_latents", f"--pretrained_model_name_or_path={model}", f"--base_folder={base}",
                f"--width={WIDTH}", f"--height={HEIGHT}", "--chunk_size=2"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    first = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "1 videos encoded, 0 already cached" in first.stdout
     assert (base / ".latent_cache" / "realistic" / "video_00000" / "latents.safetensors").is_file()
-    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "0 videos encoded, 1 already cached" in again.stdout

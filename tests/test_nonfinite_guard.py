@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from common.training import NonFiniteLossGuard
+from common.loop import NonFiniteLossGuard
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REPO_ROOT
 from pecn import dataset
 from pecn.synthetic import SHORT_NUM_FRAMES, write_synthetic_ssv2
 from pecn.video_loader import frame_path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 18
 SIZES = [(32, 32), (20, 12)]  # (width, height); the second is not square, so W and H cannot be swapped unnoticed
 

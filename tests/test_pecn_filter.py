@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO_ROOT
 from pecn import dataset
 from pecn.synthetic import write_synthetic_ssv2
 from pecn.tasks import TASK_TEMPLATES, strip_brackets
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 3
 
 # The task templates exactly as DESIGN.md lists them (each checked by hand against the real labels.json).

@@ -14,6 +14,7 @@ from PIL import Image
 
 import genex.prepare as prepare
 from common.video import encode_video_bytes, evenly_spaced_indices
+from conftest import REPO_ROOT
 from genex.prepare import (
     DatasetLayoutError,
     extract_video,
@@ -24,7 +25,6 @@ from genex.prepare import (
     video_from_cell,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = (48, 24)  # output width, height
 GREY_STEP = 12
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from common.checkpoints import CheckpointError, load_checkpoint, register_trainable_weights_hooks, save_checkpoint
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 UNSAFE = {
     "torch.load without weights_only=True": re.compile(r"torch\.load\((?![^)]*weights_only=True)"),
     "trust_remote_code": re.compile(r"trust_remote_code"),
@@ -18,12 +18,12 @@ UNSAFE = {
 
 
 def project_sources():
-    return [p for p in REPO.rglob("*.py") if not any(part.startswith(".") for part in p.relative_to(REPO).parts) and p.name != Path(__file__).name]
+    return [p for p in REPO_ROOT.rglob("*.py") if not any(part.startswith(".") for part in p.relative_to(REPO_ROOT).parts) and p.name != Path(__file__).name]
 
 
 @pytest.mark.parametrize("what", sorted(UNSAFE))
 def test_no_unsafe_loading_in_the_code(what):
-    hits = [f"{p.relative_to(REPO)}:{n}" for p in project_sources() for n, line in enumerate(p.read_text().splitlines(), 1) if UNSAFE[what].search(line)]
+    hits = [f"{p.relative_to(REPO_ROOT)}:{n}" for p in project_sources() for n, line in enumerate(p.read_text().splitlines(), 1) if UNSAFE[what].search(line)]
     assert not hits, f"{what} at {hits}"
 
 

@@ -1,7 +1,8 @@
 """sample_from_pix2pix.py end to end on a synthetic SSv2 and a tiny InstructPix2Pix pipeline.
 
 The metrics in results.json are checked against scikit-image recomputed on the files the run
-wrote (frames, predictions), not against pecn.metrics.
+wrote (frames, predictions) and on an encode/decode through the saved VAE done here, not against
+common.metrics.
 """
 
 import json
@@ -14,24 +15,24 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import sample_from_pix2pix
-from common.training import run_cli
+from conftest import REPO_ROOT, one_line_error
 from pecn import dataset, video_loader
 from pecn.synthetic import SHORT_NUM_FRAMES, write_synthetic_ssv2
 from pecn.tiny import save_tiny_pipeline
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 NUM_FRAMES = 24
 INPUT_FRAME_IDX, TARGET_FRAME_IDX = 20, 21
 PROGRESS = int(INPUT_FRAME_IDX / NUM_FRAMES * 10) * 10  # 80, written out from the README's formula
 ENV_NAMES = ("MODEL_DIR", "FRAMES_DIR", "VAL_ANNOTATIONS", "OUTPUT_DIR", "INPUT_FRAME_IDX", "TARGET_FRAME_IDX", "NUM_SAMPLES",
-             "SEED", "NUM_INFERENCE_STEPS", "IMAGE_GUIDANCE_SCALE", "GUIDANCE_SCALE", "PROGRESS")
-RECORD_KEYS = {"id", "task", "label", "prompt", "progress", "model_psnr", "model_ssim", "copy_psnr", "copy_ssim"}
-SUMMARY_KEYS = {"count", "model_psnr", "copy_psnr", "model_ssim", "copy_ssim"}
+             "SEED", "NUM_INFERENCE_STEPS", "IMAGE_GUIDANCE_SCALE", "GUIDANCE_SCALE", "PROGRESS", "OVERWRITE_OUTPUT_DIR")
+RECORD_KEYS = {"id", "task", "label", "prompt", "progress", "model_psnr", "model_ssim", "copy_psnr", "copy_ssim", "vae_psnr", "vae_ssim"}
+SUMMARY_KEYS = {"count", "model_psnr", "copy_psnr", "vae_psnr", "model_ssim", "copy_ssim", "vae_ssim"}
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +153,25 @@ def test_model_metrics_equal_skimage_on_saved_predictions(script_run, data):
         assert sample["model_ssim"] == pytest.approx(expected_ssim, rel=1e-9)
 
 
+def vae_roundtrip(vae, image: np.ndarray) -> np.ndarray:
+    """The image encoded (posterior mode) and decoded by the VAE, written out here from diffusers' calls."""
+    with torch.no_grad():
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample[0]
+    return ((decoded / 2 + 0.5).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def test_vae_row_equals_an_encode_decode_through_the_saved_vae(script_run, data, model_dir):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae").eval()
+    for sample in script_run.results["samples"]:
+        target = load_rgb(video_loader.frame_path(data.frames_dir, sample["id"], TARGET_FRAME_IDX))
+        expected_psnr, expected_ssim = skimage_metrics(vae_roundtrip(vae, target), target)
+        assert_psnr(sample["vae_psnr"], expected_psnr)
+        assert sample["vae_ssim"] == pytest.approx(expected_ssim, rel=1e-6)
+
+
 def test_task_and_overall_means(script_run):
     results = script_run.results
     groups = {"overall": results["samples"]}
@@ -159,7 +179,7 @@ def test_task_and_overall_means(script_run):
     for name, members in groups.items():
         row = results["overall"] if name == "overall" else results["per_task"][name]
         assert row["count"] == len(members)
-        for key in ("model_psnr", "copy_psnr", "model_ssim", "copy_ssim"):
+        for key in ("model_psnr", "copy_psnr", "vae_psnr", "model_ssim", "copy_ssim", "vae_ssim"):
             finite = [s[key] for s in members if s[key] is not None]
             assert row[f"{key}_num_inf"] == len(members) - len(finite)
             assert row[key] == (pytest.approx(np.mean(finite)) if finite else None)
@@ -180,7 +200,7 @@ def test_short_videos_are_counted_as_skipped(script_run, data):
 
 def test_markdown_table_and_console(script_run):
     markdown = (script_run.output_dir / "results.md").read_text()
-    header = "| task | n | model PSNR | copy PSNR | model SSIM | copy SSIM |"
+    header = "| task | n | model PSNR | copy PSNR | vae PSNR | model SSIM | copy SSIM | vae SSIM |"
     assert header in markdown and "| **overall** |" in markdown and "| progress | n |" in markdown
     for task, row in script_run.results["per_task"].items():
         assert f"| {task} | {row['count']} |" in markdown
@@ -212,17 +232,20 @@ def test_defaults_are_the_readme_values(monkeypatch):
         "outputs/instruct_pix2pix_128", "data/sthv2/frames_128x128", "data/sthv2/annotations/val_filtered.json", "test_result/baseline")
     assert (args.input_frame_idx, args.target_frame_idx, args.num_samples, args.seed) == (20, 21, 3, 42)
     assert (args.num_inference_steps, args.image_guidance_scale, args.guidance_scale, args.add_progress) == (20, 1.5, 7.5, False)
+    assert args.overwrite_output_dir is False and args.lpips_weights is None and args.allow_download is False
 
 
 def test_environment_variables_set_the_defaults(monkeypatch):
     values = dict(MODEL_DIR="m", FRAMES_DIR="f", VAL_ANNOTATIONS="v.json", OUTPUT_DIR="o", INPUT_FRAME_IDX="5", TARGET_FRAME_IDX="9",
-                  NUM_SAMPLES="all", SEED="7", NUM_INFERENCE_STEPS="3", IMAGE_GUIDANCE_SCALE="1.2", GUIDANCE_SCALE="4", PROGRESS="1")
+                  NUM_SAMPLES="all", SEED="7", NUM_INFERENCE_STEPS="3", IMAGE_GUIDANCE_SCALE="1.2", GUIDANCE_SCALE="4", PROGRESS="1",
+                  OVERWRITE_OUTPUT_DIR="yes")
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     args = sample_from_pix2pix.parse_args([])
     assert (args.model_dir, args.frames_dir, args.val_annotations, args.output_dir) == ("m", "f", "v.json", "o")
     assert (args.input_frame_idx, args.target_frame_idx, args.num_samples, args.seed) == (5, 9, None, 7)
     assert (args.num_inference_steps, args.image_guidance_scale, args.guidance_scale, args.add_progress) == (3, 1.2, 4.0, True)
+    assert args.overwrite_output_dir is True
     # A flag overrides its variable.
     assert sample_from_pix2pix.parse_args(["--no-add_progress", "--num_samples", "2"]).add_progress is False
     monkeypatch.setenv("NUM_SAMPLES", "0")
@@ -231,7 +254,7 @@ def test_environment_variables_set_the_defaults(monkeypatch):
     assert args.num_samples is None and args.add_progress is False
 
 
-@pytest.mark.parametrize("name, value", [("PROGRESS", "maybe"), ("SEED", "x"), ("NUM_SAMPLES", "-1")])
+@pytest.mark.parametrize("name, value", [("PROGRESS", "maybe"), ("SEED", "x"), ("NUM_SAMPLES", "-1"), ("OVERWRITE_OUTPUT_DIR", "perhaps")])
 def test_bad_environment_value_is_a_clear_error(monkeypatch, capsys, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit):
@@ -240,15 +263,7 @@ def test_bad_environment_value_is_a_clear_error(monkeypatch, capsys, name, value
 
 
 def run_expecting_error(argv, capsys) -> str:
-    """The one-line message that run_cli prints for a known error (after any loading progress bars)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: sample_from_pix2pix.main(argv))
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0] == lines[-1], lines
-    return errors[0]
+    return one_line_error(sample_from_pix2pix.main, argv, capsys)
 
 
 def test_folder_that_is_not_a_pipeline(data, tmp_path, capsys):
@@ -272,3 +287,26 @@ def test_progress_without_num_frames_is_a_clear_error(data, model_dir, tmp_path,
     flags[flags.index("--val_annotations") + 1] = str(annotations)
     message = run_expecting_error(flags, capsys)
     assert str(annotations) in message and "num_frames" in message
+
+
+def test_rerun_into_the_same_folder_is_refused_then_replaced_whole(data, model_dir, tmp_path, capsys):
+    output = tmp_path / "results"
+    sample_from_pix2pix.main(sampler_flags(data, model_dir, output, num_samples="2"))
+    before = {path.relative_to(output): path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    message = run_expecting_error(sampler_flags(data, model_dir, output, num_samples="1"), capsys)
+    assert str(output) in message and "earlier run of sample_from_pix2pix.py" in message and "--overwrite_output_dir" in message
+    assert {path.relative_to(output): path.read_bytes() for path in output.rglob("*") if path.is_file()} == before
+    sample_from_pix2pix.main([*sampler_flags(data, model_dir, output, num_samples="1"), "--overwrite_output_dir"])
+    results = json.loads((output / "results.json").read_text())
+    assert [sample["id"] for sample in results["samples"]] == [p.stem for p in (output / "predictions").iterdir()]
+    assert len(results["samples"]) == 1 and len(list((output / "grids").iterdir())) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_folder_of_other_files_is_refused_before_the_model_loads(data, tmp_path, capsys):
+    output = tmp_path / "mine"
+    output.mkdir()
+    (output / "notes.txt").write_text("keep")
+    message = run_expecting_error(sampler_flags(data, tmp_path / "no_model_here", output, num_samples="1"), capsys)
+    assert str(output) in message and "not a run of sample_from_pix2pix.py (notes.txt)" in message
+    assert (output / "notes.txt").read_text() == "keep"

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,8 @@ import torch
 from diffusers import StableVideoDiffusionPipeline
 from PIL import Image
 
+from conftest import REPO_ROOT
 from genex.tiny import build_tiny_svd_pipeline
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

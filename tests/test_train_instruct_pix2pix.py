@@ -3,19 +3,19 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
+
 RESOLUTION = 32
 
 
 def run(command, env=None, timeout=600):
-    result = subprocess.run(command, cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), **(env or {})),
+    result = subprocess.run(command, cwd=REPO_ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **(env or {})),
                             capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -24,7 +24,7 @@ def run(command, env=None, timeout=600):
 
 def accelerate_launch(script_args):
     return run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train_instruct_pix2pix.py"), *script_args])
+                "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train_instruct_pix2pix.py"), *script_args])
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,25 @@ def test_validation_grids_and_logs(trained):
     # The left third of a grid is the input frame, as extracted.
     events = [EventAccumulator(str(p.parent)).Reload() for p in (output_dir / "logs").rglob("events.out.tfevents.*")]
     scalars = {tag: acc.Scalars(tag) for acc in events for tag in acc.Tags()["scalars"]}
-    assert [s.step for s in scalars["loss"]] == [1, 2, 3, 4]
+    assert [s.step for s in scalars["loss"]] == [1, 2, 3, 4] and [s.step for s in scalars["grad_norm"]] == [1, 2, 3, 4]
     assert any(tag.startswith("validation/") for acc in events for tag in acc.Tags()["images"])
     assert "Resumed" not in (output_dir / "train.log").read_text() and "pairs" in (output_dir / "train.log").read_text()
+
+
+def test_train_log_has_a_line_per_optimizer_step_with_the_logged_values(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir, log = trained
+    lines = [line for line in (output_dir / "train.log").read_text().splitlines() if " - train.steps - " in line]
+    assert [line.split("step ", 1)[1].split(":")[0] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    events = [EventAccumulator(str(p.parent)).Reload() for p in (output_dir / "logs").rglob("events.out.tfevents.*")]
+    losses = [s.value for acc in events if "loss" in acc.Tags()["scalars"] for s in acc.Scalars("loss")]
+    for line, loss in zip(lines, losses):
+        fields = line.split(": ", 1)[1].split()
+        values = dict(zip(fields[::2], map(float, fields[1::2])))
+        assert {"loss", "lr", "grad_norm", "nonfinite_steps"} <= set(values) and values["loss"] == pytest.approx(loss, rel=1e-5)
+    # Validation says when it starts; the console shows the progress bar, not the per-step lines.
+    assert "Validation after epoch" in log and " - train.steps - " not in log
 
 
 def test_final_folder_loads_in_diffusers(trained):
@@ -125,13 +141,13 @@ def test_quick_test_script_runs_the_whole_path(tmp_path):
     (["--pretrained_model_name_or_path=./missing/model"], "folder does not exist"),
 ])
 def test_bad_input_is_a_one_line_error(setup, tmp_path, flags, message):
-    result = subprocess.run([sys.executable, str(REPO / "train_instruct_pix2pix.py"), *base_args(setup, tmp_path / "x", 1), *flags],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train_instruct_pix2pix.py"), *base_args(setup, tmp_path / "x", 1), *flags],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_mirror_prompt_swaps_left_and_right():
-    from train_instruct_pix2pix import mirror_prompt
+    from pecn.pairs import mirror_prompt
 
     assert mirror_prompt("pushing cup from left to right") == "pushing cup from right to left"
     assert mirror_prompt("moving cup up") == "moving cup up"

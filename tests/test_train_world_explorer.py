@@ -13,24 +13,24 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import REPO_ROOT
 from genex.synthetic import render_forward_video, write_validation_panoramas
 from genex.tiny import save_tiny_svd_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT, NUM_FRAMES = 64, 32, 4
 
 
 def accelerate_launch(script_args, num_processes=1, timeout=600):
     """Run the training script the way users do; returns the combined output (fails the test on error)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
     if num_processes > 1:
         env["ACCELERATE_USE_CPU"] = "true"
         launch = ["--multi_gpu", "--num_processes", str(num_processes)]
     else:
         launch = ["--cpu", "--num_processes", "1"]
     command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", str(REPO / "train_world_explorer.py"), *script_args]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+               "--dynamo_backend", "no", str(REPO_ROOT / "train_world_explorer.py"), *script_args]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
@@ -100,9 +100,17 @@ def test_tensorboard_holds_the_loss(trained):
     scalars = {tag: acc.Scalars(tag) for acc in events for tag in acc.Tags()["scalars"]}
     assert [s.step for s in scalars["loss"]] == [1, 2, 3, 4]
     assert all(np.isfinite(s.value) for s in scalars["loss"])
-    assert {"loss_edm", "loss_scl", "scl_beta", "lr"} <= set(scalars)
+    assert {"loss_edm", "loss_scl", "scl_beta", "lr", "grad_norm"} <= set(scalars)
     images = {tag for acc in events for tag in acc.Tags()["images"]}
     assert any(tag.startswith("validation/") for tag in images)
+
+
+def test_train_log_has_every_optimizer_step_and_validation_says_it_starts(trained):
+    output_dir, log = trained
+    steps = [line for line in (output_dir / "train.log").read_text().splitlines() if " - train.steps - " in line]
+    assert [line.split("step ", 1)[1].split(":")[0] for line in steps] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(f" {name} " in line for line in steps for name in ("loss", "loss_edm", "loss_scl", "scl_beta", "lr", "grad_norm"))
+    assert log.count("Validation at step 2: 1 video(s)") == 1 and "Validation at step 4" in log
 
 
 def test_final_folder_is_an_svd_pipeline_with_frozen_weights_unchanged(trained, setup):
@@ -162,7 +170,7 @@ def test_cached_latents_make_the_same_draws_as_the_frames(setup, straight):
     cache_dir = setup["root"] / "latent_cache"
     result = subprocess.run([sys.executable, "-m", "genex.cache_latents", f"--pretrained_model_name_or_path={setup['model']}",
                              f"--base_folder={setup['frames']}", f"--cache_dir={cache_dir}", f"--width={WIDTH}", f"--height={HEIGHT}"],
-                            cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+                            cwd=REPO_ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT)), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     output_dir = setup["root"] / "cached"
     accelerate_launch(base_args(setup, output_dir, 2, "--checkpointing_steps=100", f"--latents_cache_dir={cache_dir}"))
@@ -172,8 +180,8 @@ def test_cached_latents_make_the_same_draws_as_the_frames(setup, straight):
         assert a == pytest.approx(b, rel=1e-2) and a != b  # fp16 statistics: close, not bit-equal
 
     # The cache does not fit another resolution: refused in one line that says how to rebuild it.
-    refused = subprocess.run([sys.executable, str(REPO / "train_world_explorer.py"), *base_args(setup, output_dir, 1),
-                              f"--latents_cache_dir={cache_dir}", f"--width={2 * WIDTH}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run([sys.executable, str(REPO_ROOT / "train_world_explorer.py"), *base_args(setup, output_dir, 1),
+                              f"--latents_cache_dir={cache_dir}", f"--width={2 * WIDTH}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "this run needs" in refused.stderr and "python -m genex.cache_latents" in refused.stderr
 
@@ -185,6 +193,10 @@ def test_two_processes_keep_weights_in_sync(setup):
     checksums = re.search(r"trainable weight checksum per process: \[([^\]]+)\]", log).group(1).split(",")
     assert len(checksums) == 2 and float(checksums[0]) == float(checksums[1])
     assert (output_dir / "model_index.json").is_file()
+    # Each log line once, from the main process; train.log has the loss of every optimizer step.
+    assert log.count("optimizer steps, batch 1 x 2 processes") == 1 and log.count("Saved the trained pipeline") == 1
+    steps = [line for line in (output_dir / "train.log").read_text().splitlines() if " - train.steps - " in line]
+    assert [line.split("step ", 1)[1].split(":")[0] for line in steps] == ["1/2", "2/2"] and all(" loss " in line for line in steps)
 
 
 def test_sampler_writes_video_at_the_panorama_aspect(trained, setup, tmp_path):
@@ -193,10 +205,10 @@ def test_sampler_writes_video_at_the_panorama_aspect(trained, setup, tmp_path):
     Image.fromarray(render_forward_video(1, 2 * WIDTH, WIDTH, seed=5)[0]).save(panorama)
     out = tmp_path / "walk.mp4"
     result = subprocess.run(
-        [sys.executable, str(REPO / "sample_world_explorer.py"), "--model_dir", str(output_dir), "--panorama", str(panorama),
+        [sys.executable, str(REPO_ROOT / "sample_world_explorer.py"), "--model_dir", str(output_dir), "--panorama", str(panorama),
          "--output", str(out), "--width", str(WIDTH), "--height", str(HEIGHT), "--num_frames", "3",
          "--num_inference_steps", "2", "--decode_chunk_size", "3", "--yaw", "90", "--device", "cpu"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with av.open(str(out)) as container:
@@ -211,8 +223,8 @@ def test_sampler_writes_video_at_the_panorama_aspect(trained, setup, tmp_path):
     (["--width=66"], "must be multiples of"),
 ])
 def test_bad_flags_are_one_line_errors(setup, tmp_path, flags, message):
-    result = subprocess.run([sys.executable, str(REPO / "train_world_explorer.py"), *base_args(setup, tmp_path / "x", 1), *flags],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train_world_explorer.py"), *base_args(setup, tmp_path / "x", 1), *flags],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
 
@@ -222,8 +234,8 @@ def test_xformers_requested_but_missing_is_a_clear_error(setup, tmp_path):
 
     if importlib.util.find_spec("xformers") is not None:
         pytest.skip("xformers is installed here")
-    result = subprocess.run([sys.executable, str(REPO / "train_world_explorer.py"), *base_args(setup, tmp_path / "x", 1),
-                             "--enable_xformers_memory_efficient_attention"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train_world_explorer.py"), *base_args(setup, tmp_path / "x", 1),
+                             "--enable_xformers_memory_efficient_attention"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "xformers is not installed" in result.stderr
 
 
@@ -245,8 +257,8 @@ def test_compile_is_in_place_so_checkpoints_and_the_final_save_see_plain_names(s
     from accelerate.utils import extract_model_from_parallel
     from diffusers import UNetSpatioTemporalConditionModel
 
-    sys.path.insert(0, str(REPO))
-    from train_world_explorer import parse_args, select_temporal_blocks
+    from genex.models import select_temporal_blocks
+    from train_world_explorer import parse_args
 
     assert parse_args(base_args(setup, tmp_path, 1, "--compile")).compile
     assert not parse_args(base_args(setup, tmp_path, 1)).compile

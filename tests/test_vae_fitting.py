@@ -11,7 +11,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from common.pixels import to_model_range
-from common.training import run_cli
+from common.cli import run_cli
 from common.vae_fitting import FitSettings, fit_vae, latent_scaling_factor, read_clips, reconstruction_psnr
 from genex import tiny as genex_tiny
 from pecn import tiny as pecn_tiny
@@ -47,7 +47,7 @@ def test_reconstruction_psnr_matches_skimage(tmp_path):
         decoded = vae.decode(vae.encode(to_model_range(clips.flatten(0, 1))).latent_dist.mode()).sample
     decoded = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     expected = peak_signal_noise_ratio(clips.flatten(0, 1).numpy(), decoded.numpy(), data_range=255)
-    assert reconstruction_psnr(vae, clips, batch_size=3) == pytest.approx(expected, abs=1e-6)
+    assert reconstruction_psnr(vae, clips) == pytest.approx(expected, abs=1e-6)
 
 
 def test_read_clips_cuts_consecutive_runs_and_refuses_mixed_sizes(tmp_path):
