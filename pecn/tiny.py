@@ -2,17 +2,23 @@
 
 The hub is out of reach on development and CI machines, so tests and smoke runs load these
 folders with the same `from_pretrained` code that loads `timbrooks/instruct-pix2pix`.
-The VAE has two blocks, so it downsamples by 2 (not 8): a 32-128 px image gives 16-64 px latents.
+The VAE has two blocks by default, so it downsamples by 2 (not 8): a 32-128 px image gives 16-64 px
+latents; `--vae_block_out_channels 16 32 64` gives three blocks, 4x downsampling. With
+`--fit_vae_frames`, the VAE is first fitted to those frames (common/vae_fitting.py), so that what is
+decoded through it looks like them: the demo's base model.
 
-    python -m pecn.tiny --output_dir /tmp/tiny-ip2p --kind instruct_pix2pix [--seed 0]
+    python -m pecn.tiny --output_dir /tmp/tiny-ip2p --kind instruct_pix2pix [--seed 0] \
+        [--fit_vae_frames data/sthv2/frames_64x64 --fit_vae_annotations data/sthv2/annotations/train_filtered.json]
 """
 
 import argparse
 import json
+import math
 import re
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 from diffusers import (
@@ -25,9 +31,18 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from common.cli import run_cli
 from common.output_dir import share_saved_pipeline
+from common.vae_fitting import FitSettings, add_vae_fitting_args, fit_settings, fit_vae_to_videos
+from pecn.dataset import load_annotations
 from pecn.prompts import build_prompt
 from pecn.tasks import TASK_TEMPLATES
+
+# The VAE of the tests' tiny pipelines: two blocks, 2x downsampling.
+VAE_BLOCK_OUT_CHANNELS = (32, 64)
+# Many small steps fit faster than a few large ones: two images per step; on the demo's 64x64 frames
+# (2 CPU cores) about a minute.
+VAE_FIT_DEFAULTS = FitSettings(steps=480, batch_size=2)
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -164,33 +179,35 @@ def build_tiny_unet(in_channels: int) -> UNet2DConditionModel:
     )
 
 
-def build_tiny_vae() -> AutoencoderKL:
-    """SD-style VAE with two blocks: 2x downsampling, 4 latent channels."""
+def build_tiny_vae(block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS) -> AutoencoderKL:
+    """SD-style VAE, one block per entry of `block_out_channels` (each after the first halves the size), 4 latent channels."""
     return AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=tuple(block_out_channels),
+        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
         latent_channels=4,
+        # SD's 32 groups where the widths allow it, fewer for narrower blocks (every width must divide into the groups).
+        norm_num_groups=math.gcd(32, *block_out_channels),
         sample_size=32,
     )
 
 
-def build_tiny_components(unet_in_channels: int, seed: int, tokenizer_folder) -> dict:
+def build_tiny_components(unet_in_channels: int, seed: int, tokenizer_folder, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS) -> dict:
     """UNet, VAE, text encoder and tokenizer; the same seed gives identical weights."""
     tokenizer = write_tiny_clip_tokenizer(tokenizer_folder)
     # A private RNG stream keeps the weights independent of, and harmless to, the caller's RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = build_tiny_unet(unet_in_channels)
-        vae = build_tiny_vae()
+        vae = build_tiny_vae(vae_block_out_channels)
         text_encoder = build_tiny_text_encoder(tokenizer)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
 
 
-def build_tiny_instruct_pix2pix_pipeline(seed: int = 0) -> StableDiffusionInstructPix2PixPipeline:
+def build_tiny_instruct_pix2pix_pipeline(seed: int = 0, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS) -> StableDiffusionInstructPix2PixPipeline:
     """InstructPix2Pix pipeline (8-channel UNet, Euler ancestral) with tiny random weights."""
     with tempfile.TemporaryDirectory() as tokenizer_folder:
-        components = build_tiny_components(8, seed, tokenizer_folder)
+        components = build_tiny_components(8, seed, tokenizer_folder, vae_block_out_channels)
     return StableDiffusionInstructPix2PixPipeline(
         **components,
         scheduler=EulerAncestralDiscreteScheduler(**INSTRUCT_PIX2PIX_SCHEDULER_CONFIG),
@@ -200,10 +217,10 @@ def build_tiny_instruct_pix2pix_pipeline(seed: int = 0) -> StableDiffusionInstru
     )
 
 
-def build_tiny_text_to_image_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+def build_tiny_text_to_image_pipeline(seed: int = 0, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS) -> StableDiffusionPipeline:
     """Stable Diffusion 1.5-style text-to-image pipeline (4-channel UNet, PNDM) with tiny random weights."""
     with tempfile.TemporaryDirectory() as tokenizer_folder:
-        components = build_tiny_components(4, seed, tokenizer_folder)
+        components = build_tiny_components(4, seed, tokenizer_folder, vae_block_out_channels)
     return StableDiffusionPipeline(
         **components,
         scheduler=PNDMScheduler(**TEXT_TO_IMAGE_SCHEDULER_CONFIG),
@@ -219,27 +236,53 @@ PIPELINE_BUILDERS = {
 }
 
 
-def save_tiny_pipeline(kind: str, output_dir, seed: int = 0) -> Path:
-    """Build the tiny pipeline of `kind` and save it (safetensors) to `output_dir`; returns the folder."""
+def video_frame_folders(frames_dir, annotations_file=None) -> list[list[Path]]:
+    """The PNG frames, in order, of every video folder in `frames_dir` (pecn.video_loader's layout), or of the videos `annotations_file` lists."""
+    frames_dir = Path(frames_dir)
+    if not frames_dir.is_dir():
+        raise ValueError(f"{frames_dir}: frames folder does not exist; run `python -m pecn.video_loader` first")
+    if annotations_file is None:
+        folders = sorted(path for path in frames_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
+    else:
+        folders = [frames_dir / str(entry["id"]) for entry in load_annotations(annotations_file)]
+    # Videos whose extraction failed have no folder: nothing of them to fit to.
+    return [frames for folder in folders if (frames := sorted(folder.glob("*.png")))]
+
+
+def save_tiny_pipeline(kind: str, output_dir, seed: int = 0, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS,
+                       vae_videos: Optional[list[list[Path]]] = None, fitting: FitSettings = VAE_FIT_DEFAULTS) -> Path:
+    """Build the tiny pipeline of `kind`, fit its VAE to `vae_videos` (lists of frame files) if given, and save it (safetensors)."""
     if kind not in PIPELINE_BUILDERS:
         raise ValueError(f"unknown tiny pipeline kind {kind!r}; expected one of {sorted(PIPELINE_BUILDERS)}")
     output_dir = Path(output_dir)
-    PIPELINE_BUILDERS[kind](seed).save_pretrained(output_dir, safe_serialization=True)
+    pipeline = PIPELINE_BUILDERS[kind](seed, vae_block_out_channels)
+    if vae_videos is not None:
+        # Images, not clips: this VAE decodes every frame on its own.
+        print(fit_vae_to_videos(pipeline.vae, vae_videos, 1, fitting, source="--fit_vae_frames").summary())
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
     # Keep CLIP's own vocabulary files beside tokenizer.json, as the hub's Stable Diffusion folders do.
     write_tiny_clip_tokenizer(output_dir / "tokenizer")
     share_saved_pipeline(output_dir)
     return output_dir
 
 
-def main():
-    parser = argparse.ArgumentParser(description="Save a tiny random InstructPix2Pix or text-to-image pipeline.")
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Save a tiny random InstructPix2Pix or text-to-image pipeline, its VAE optionally fitted to frames.")
     parser.add_argument("--output_dir", required=True, help="Folder to save the pipeline to.")
     parser.add_argument("--kind", choices=sorted(PIPELINE_BUILDERS), default="instruct_pix2pix",
                         help="instruct_pix2pix: 8-channel UNet; text_to_image: 4-channel UNet (conv_in is expanded when training).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
-    args = parser.parse_args()
-    print(save_tiny_pipeline(args.kind, args.output_dir, args.seed))
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights (and of the VAE fit).")
+    parser.add_argument("--vae_block_out_channels", type=int, nargs="+", default=list(VAE_BLOCK_OUT_CHANNELS),
+                        help="Widths of the VAE's blocks; each block after the first halves the size (16 32 64: 4x downsampling).")
+    fitting = add_vae_fitting_args(parser, "Fit the VAE to the frames in this folder first (a frames_<W>x<H> folder of pecn.video_loader).", VAE_FIT_DEFAULTS)
+    fitting.add_argument("--fit_vae_annotations", type=str, default=None,
+                        help="Fit only to the videos this annotation file lists (e.g. train_filtered.json, so validation frames stay unseen); default every video in --fit_vae_frames.")
+    args = parser.parse_args(argv)
+    if args.fit_vae_annotations and not args.fit_vae_frames:
+        raise ValueError("--fit_vae_annotations: needs --fit_vae_frames")
+    vae_videos = video_frame_folders(args.fit_vae_frames, args.fit_vae_annotations) if args.fit_vae_frames else None
+    print(save_tiny_pipeline(args.kind, args.output_dir, args.seed, args.vae_block_out_channels, vae_videos, fit_settings(args)))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

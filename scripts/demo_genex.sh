@@ -1,42 +1,45 @@
 #!/usr/bin/env bash
-# GenEx-Explorer on the embedded default: tiny random SVD pipeline, synthetic Genex-DB clone
-# (parquet layout), prepare_dataset.py, the latent cache, a few training steps with SCL, validation
-# and a checkpoint, then a video generated from a panorama. Rerunnable: the data steps skip what is done,
+# GenEx-Explorer on the embedded default: synthetic Genex-DB clone (parquet layout), prepare_dataset.py,
+# a tiny SVD pipeline whose VAE is fitted to those frames, the latent cache, training with SCL,
+# validation and a checkpoint, then a video generated from a panorama. Rerunnable: the data steps skip what is done,
 # and training passes --overwrite_output_dir, so a rerun replaces the demo's earlier model in $OUT/genex_explorer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_DIR:-demo_output}/genex
 export HF_HUB_OFFLINE=1
 
-echo "== GenEx-Explorer: tiny SVD pipeline and synthetic Genex-DB in $OUT"
-python -m genex.tiny --output_dir "$OUT/tiny_svd"
+echo "== GenEx-Explorer: synthetic Genex-DB in $OUT"
 python -m genex.synthetic --output_dir "$OUT/genex_db_clone" --layout parquet --videos_per_scene 2 \
-  --num_frames 24 --width 128 --height 64 --num_validation_panoramas 1
+  --num_frames 24 --width 64 --height 32 --num_validation_panoramas 1
 
 echo "== prepare_dataset.py"
 python prepare_dataset.py --dataset_path "$OUT/genex_db_clone" --output_dir "$OUT/Genex-DB" \
-  --scene_types realistic low_texture anime real_world --frames_per_video 16 --num_workers 2 --image_size 128 64
+  --scene_types realistic low_texture anime real_world --frames_per_video 16 --num_workers 2 --image_size 64 32
+
+echo "== tiny SVD pipeline, its VAE fitted to the prepared frames (a random VAE decodes only noise)"
+python -m genex.tiny --output_dir "$OUT/tiny_svd" --fit_vae_frames "$OUT/Genex-DB"
 
 echo "== python -m genex.cache_latents (VAE posteriors and CLIP embeddings of every frame)"
 python -m genex.cache_latents --pretrained_model_name_or_path="$OUT/tiny_svd" --base_folder="$OUT/Genex-DB" \
-  --cache_dir="$OUT/latent_cache" --width=128 --height=64
+  --cache_dir="$OUT/latent_cache" --width=64 --height=32
 
-echo "== train_world_explorer.py (4 steps from the cached latents, SCL on, checkpoint at step 2, validation at the end;"
+echo "== train_world_explorer.py (40 steps from the cached latents, SCL at a constant weight 0.1, checkpoint at step 20, validation at the end;"
 echo "   --overwrite_output_dir: a rerun of the demo replaces its earlier run in $OUT/genex_explorer)"
+# A constant SCL weight: in 40 steps the released schedule would weight the EDM term by 0 from step 20 on.
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_world_explorer.py \
   --base_folder="$OUT/Genex-DB" --pretrained_model_name_or_path="$OUT/tiny_svd" \
-  --num_frames=8 --width=128 --height=64 --output_dir="$OUT/genex_explorer" \
-  --per_gpu_batch_size=1 --gradient_accumulation_steps=1 --max_train_steps=4 \
-  --checkpointing_steps=2 --checkpoints_total_limit=1 --learning_rate=1e-4 --lr_warmup_steps=0 \
-  --seed=123 --validation_steps=4 --report_to=tensorboard --lr_scheduler=constant \
+  --num_frames=8 --width=64 --height=32 --output_dir="$OUT/genex_explorer" \
+  --per_gpu_batch_size=1 --gradient_accumulation_steps=1 --max_train_steps=40 \
+  --checkpointing_steps=20 --checkpoints_total_limit=1 --learning_rate=1e-3 --lr_warmup_steps=0 \
+  --seed=123 --validation_steps=40 --report_to=tensorboard --lr_scheduler=constant \
   --num_validation_images=1 --validation_images_folder="$OUT/genex_db_clone/validation_panoramas" \
-  --validation_num_inference_steps=3 --scl_loss --num_scl_samples=2 --num_workers=0 \
+  --validation_num_inference_steps=8 --scl_loss --num_scl_samples=1 --scl_beta=0.1 --num_workers=0 \
   --latents_cache_dir="$OUT/latent_cache" --overwrite_output_dir
 
 echo "== sample_world_explorer.py"
 panorama=$(ls "$OUT"/genex_db_clone/validation_panoramas/*.png | head -n 1)
 python sample_world_explorer.py --model_dir "$OUT/genex_explorer" --panorama "$panorama" \
-  --output "$OUT/exploration.mp4" --num_inference_steps 3 --yaw 90   # 128x64, 8 frames: what the model was trained at
+  --output "$OUT/exploration.mp4" --num_inference_steps 8 --yaw 90   # 64x32, 8 frames: what the model was trained at
 
 echo "GenEx-Explorer outputs: frames $OUT/Genex-DB, model $OUT/genex_explorer (checkpoints, validation/, logs/),"
 echo "  generated video $OUT/exploration.mp4"

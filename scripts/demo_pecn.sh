@@ -1,31 +1,34 @@
 #!/usr/bin/env bash
-# PECN on the embedded default: synthetic SSv2 (webm + JSON), filtering, frame extraction, a few
-# progress-enhanced training steps with validation, then sampling with the results table. Rerunnable:
-# the data steps skip what is done, and training passes --overwrite_output_dir, so a rerun replaces the
-# demo's earlier model in $OUT/instruct_pix2pix_64.
+# PECN on the embedded default: synthetic SSv2 (webm + JSON), filtering, frame extraction, a tiny
+# InstructPix2Pix pipeline whose VAE is fitted to the training frames, progress-enhanced training with
+# validation, then sampling with the results table. Rerunnable: the data steps skip what is done, and training
+# passes --overwrite_output_dir, so a rerun replaces the demo's earlier model in $OUT/instruct_pix2pix_64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_DIR:-demo_output}/pecn
 export HF_HUB_OFFLINE=1
 
-echo "== PECN: synthetic SSv2 and tiny InstructPix2Pix pipeline in $OUT"
+echo "== PECN: synthetic SSv2 in $OUT"
 python -m pecn.synthetic --output_dir "$OUT/sthv2"
-python -m pecn.tiny --kind instruct_pix2pix --output_dir "$OUT/tiny_instruct_pix2pix"
 
 echo "== python -m pecn.dataset / python -m pecn.video_loader"
 python -m pecn.dataset --data_root "$OUT/sthv2" --train_per_task 8 --val_per_task 2
 python -m pecn.video_loader --data_root "$OUT/sthv2" --sizes 64x64 --num_workers 2
 
-echo "== train_instruct_pix2pix.py (6 steps, progress prompts, checkpoint at step 3;"
+echo "== tiny InstructPix2Pix pipeline (a 4x-downsampling VAE), the VAE fitted to the training videos' frames (a random VAE decodes only noise)"
+python -m pecn.tiny --kind instruct_pix2pix --output_dir "$OUT/tiny_instruct_pix2pix" --vae_block_out_channels 16 32 64 \
+  --fit_vae_frames "$OUT/sthv2/frames_64x64" --fit_vae_annotations "$OUT/sthv2/annotations/train_filtered.json"
+
+echo "== train_instruct_pix2pix.py (300 steps, progress prompts, checkpoint at step 150, validation grids at epochs 30 and 60;"
 echo "   --overwrite_output_dir: a rerun of the demo replaces its earlier run in $OUT/instruct_pix2pix_64)"
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_instruct_pix2pix.py \
   --pretrained_model_name_or_path="$OUT/tiny_instruct_pix2pix" --data_root="$OUT/sthv2" --resolution=64 \
   --input_frame_idx=20 --target_frame_idx=21 --add_progress --output_dir="$OUT/instruct_pix2pix_64" \
-  --train_batch_size=4 --max_train_steps=6 --checkpointing_steps=3 --checkpoints_total_limit=1 \
-  --learning_rate=5e-5 --lr_warmup_steps=0 --validation_epochs=1 --num_validation_images=2 \
-  --validation_num_inference_steps=4 --mixed_precision=no --report_to=tensorboard --seed=42 --overwrite_output_dir
+  --train_batch_size=4 --max_train_steps=300 --checkpointing_steps=150 --checkpoints_total_limit=1 \
+  --learning_rate=1e-3 --lr_warmup_steps=0 --validation_epochs=30 --num_validation_images=2 \
+  --validation_num_inference_steps=10 --mixed_precision=no --report_to=tensorboard --seed=42 --overwrite_output_dir
 
 echo "== sample_from_pix2pix.sh"
 MODEL_DIR="$OUT/instruct_pix2pix_64" FRAMES_DIR="$OUT/sthv2/frames_64x64" \
 VAL_ANNOTATIONS="$OUT/sthv2/annotations/val_filtered.json" OUTPUT_DIR="$OUT/test_result" \
-PROGRESS=True NUM_SAMPLES=all NUM_INFERENCE_STEPS=4 bash scripts/sample_from_pix2pix.sh
+PROGRESS=True NUM_SAMPLES=all NUM_INFERENCE_STEPS=10 bash scripts/sample_from_pix2pix.sh
