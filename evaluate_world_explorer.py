@@ -32,7 +32,7 @@ from common.pixels import vae_reconstruction
 from common.training import flush_denormals
 from common.video import write_mp4
 from genex import evaluate
-from genex.models import check_svd_fits, load_svd_pipeline
+from genex.models import check_svd_fits, load_svd_pipeline, sampling_settings
 
 logger = logging.getLogger("evaluate_world_explorer")
 
@@ -45,12 +45,13 @@ def parse_args(argv=None):
     parser.add_argument("--base_model_dir", default=None, help="A second pipeline scored on the same videos (row `base`), e.g. the untuned SVD.")
     parser.add_argument("--base_folder", required=True, help="Held-out frame folders, as prepare_dataset.py writes them (<scene>/video_XXXXX/frame_XXXX.jpg; nested scenes allowed).")
     parser.add_argument("--num_videos", type=count_or_all, default="all", help='Videos to evaluate, in folder order: a count, or "all".')
-    parser.add_argument("--num_frames", type=int, default=25, help="Frames per video F: frames 1..F of each folder, and the frames generated.")
-    parser.add_argument("--width", type=int, default=1024, help="Width frames are resized to and videos generated at.")
-    parser.add_argument("--height", type=int, default=576, help="Height frames are resized to and videos generated at.")
+    trained = "default: what --model_dir was trained at, else"
+    parser.add_argument("--num_frames", type=int, default=None, help=f"Frames per video F: frames 1..F of each folder, and the frames generated ({trained} 25).")
+    parser.add_argument("--width", type=int, default=None, help=f"Width frames are resized to and videos generated at ({trained} 1024).")
+    parser.add_argument("--height", type=int, default=None, help=f"Height frames are resized to and videos generated at ({trained} 576).")
     parser.add_argument("--num_inference_steps", type=int, default=25, help="Sampling steps.")
-    parser.add_argument("--fps", type=int, default=7, help="Frame rate: the conditioning value (the UNet sees fps - 1, as in training) and the mp4s' rate.")
-    parser.add_argument("--motion_bucket_id", type=int, default=127, help="Motion bucket id conditioning.")
+    parser.add_argument("--fps", type=int, default=None, help=f"Frame rate: the conditioning value (the UNet sees fps - 1, as in training) and the mp4s' rate ({trained} 7).")
+    parser.add_argument("--motion_bucket_id", type=int, default=None, help=f"Motion bucket id conditioning ({trained} 127).")
     parser.add_argument("--seed", type=int, default=42, help="Video i (its position among the frame folders) is generated with seed + i, by every pipeline.")
     parser.add_argument("--decode_chunk_size", type=int, default=8, help="Frames decoded at once by the VAE, in generation and in the vae row.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device (fp16 on CUDA, fp32 on CPU).")
@@ -59,6 +60,9 @@ def parse_args(argv=None):
     add_lpips_arguments(parser)
     parser.add_argument("--i3d_path", default=None, help="StyleGAN-V's TorchScript I3D (i3d_torchscript.pt) for FVD; without it FVD is reported as not computed.")
     args = parser.parse_args(argv)
+    # The model is evaluated as it was trained; the base model at the same settings, on the same videos.
+    vars(args).update(sampling_settings(args.model_dir, width=args.width, height=args.height, num_frames=args.num_frames,
+                                        fps=args.fps, motion_bucket_id=args.motion_bucket_id))
     if args.num_frames < 2:
         parser.error(f"--num_frames must be at least 2 (frame 1 is the input; frames 2..F are scored), got {args.num_frames}")
     for flag in ("num_inference_steps", "decode_chunk_size", "fps"):

@@ -12,12 +12,13 @@ BASE_MODEL_DIR=${BASE_MODEL_DIR:-}                             # optional second
 BASE_FOLDER=${BASE_FOLDER:-./Genex-DB-heldout}                 # held-out frame folders
 OUTPUT_DIR=${OUTPUT_DIR:-./evaluation/genex_explorer}
 NUM_VIDEOS=${NUM_VIDEOS:-all}                                  # a count, or "all"
-NUM_FRAMES=${NUM_FRAMES:-25}
-WIDTH=${WIDTH:-1024}
-HEIGHT=${HEIGHT:-576}
+# Empty: what MODEL_DIR was trained at (its trained_settings.json), else SVD-xt's 25 frames, 1024x576, fps 7, bucket 127.
+NUM_FRAMES=${NUM_FRAMES:-}
+WIDTH=${WIDTH:-}
+HEIGHT=${HEIGHT:-}
+FPS=${FPS:-}
+MOTION_BUCKET_ID=${MOTION_BUCKET_ID:-}
 NUM_INFERENCE_STEPS=${NUM_INFERENCE_STEPS:-25}
-FPS=${FPS:-7}
-MOTION_BUCKET_ID=${MOTION_BUCKET_ID:-127}
 SEED=${SEED:-42}                                               # video i uses SEED + i
 DECODE_CHUNK_SIZE=${DECODE_CHUNK_SIZE:-8}
 LPIPS_WEIGHTS=${LPIPS_WEIGHTS:-}                               # torch hub folder with checkpoints/alexnet-owt-7be5be79.pth
@@ -31,10 +32,12 @@ args=(
   --base_folder="$BASE_FOLDER"
   --output_dir="$OUTPUT_DIR"
   --num_videos="$NUM_VIDEOS"
-  --num_frames="$NUM_FRAMES" --width="$WIDTH" --height="$HEIGHT"
-  --num_inference_steps="$NUM_INFERENCE_STEPS" --fps="$FPS" --motion_bucket_id="$MOTION_BUCKET_ID"
+  --num_inference_steps="$NUM_INFERENCE_STEPS"
   --seed="$SEED" --decode_chunk_size="$DECODE_CHUNK_SIZE"
 )
+for flag in NUM_FRAMES WIDTH HEIGHT FPS MOTION_BUCKET_ID; do
+  [ -n "${!flag}" ] && args+=("--${flag,,}=${!flag}")
+done
 [ -n "$BASE_MODEL_DIR" ] && args+=(--base_model_dir="$BASE_MODEL_DIR")
 [ -n "$LPIPS_WEIGHTS" ] && args+=(--lpips_weights="$LPIPS_WEIGHTS")
 [ -n "$I3D_PATH" ] && args+=(--i3d_path="$I3D_PATH")

@@ -273,3 +273,20 @@ def test_loop_path_is_forward_turn_forward_then_turned_back():
     # The path's last frame turned back by 180 degrees.
     last = (np.asarray(pipeline.conditions[1], dtype=np.float64) / 255 * (1 - 0.1 * 3) * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(end, np.roll(last, WIDTH // 2, axis=1))
+
+
+def test_settings_default_to_what_the_model_was_trained_at(tmp_path):
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "trained_settings.json").write_text(json.dumps({"width": 128, "height": 64, "num_frames": 6, "fps": 5, "motion_bucket_id": 90}))
+    untuned = tmp_path / "untuned"
+    untuned.mkdir()
+    common = ["--base_folder", str(tmp_path), "--output_dir", str(tmp_path / "out")]
+
+    def settings(model_dir, *given):
+        args = evaluate_world_explorer.parse_args(["--model_dir", str(model_dir), *common, *given])
+        return args.width, args.height, args.num_frames, args.fps, args.motion_bucket_id
+
+    assert settings(trained) == (128, 64, 6, 5, 90)
+    assert settings(trained, "--width", "256", "--num_frames", "4") == (256, 64, 4, 5, 90)
+    assert settings(untuned) == (1024, 576, 25, 7, 127)
