@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, on any machine with Python and pip (CPU is enough, no
-# downloads): installs the requirements, then runs both pipelines end to end on tiny random
-# models and synthetic data that the project makes itself. Outputs go to $DEMO_DIR (demo_output/).
+# downloads): installs the requirements, then runs both pipelines end to end on tiny models (their
+# VAEs fitted to the demo's frames) and synthetic data that the project makes itself. Outputs go to $DEMO_DIR (demo_output/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -10,6 +10,13 @@ export DEMO_DIR=${DEMO_DIR:-demo_output}
 export OVERWRITE_OUTPUT_DIR=${OVERWRITE_OUTPUT_DIR:-True}
 bash scripts/demo_genex.sh
 bash scripts/demo_pecn.sh
+# Both evaluations side by side: tiny models on synthetic data, beside the baselines that give them a meaning.
+echo
+echo "== GenEx-Explorer evaluation ($DEMO_DIR/genex/evaluation/results.md)"
+cat "$DEMO_DIR/genex/evaluation/results.md"
+echo
+echo "== PECN evaluation ($DEMO_DIR/pecn/test_result/results.md)"
+cat "$DEMO_DIR/pecn/test_result/results.md"
 echo
 echo "Demo finished. GenEx-Explorer: $DEMO_DIR/genex   PECN: $DEMO_DIR/pecn"
 echo "TensorBoard: tensorboard --logdir $DEMO_DIR"
