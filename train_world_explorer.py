@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from common.cli import run_cli
+from common.cli import SetupError, run_cli
 from common.loop import backward_and_step, end_optimizer_step, epoch_batches, epochs
 from common.output_dir import validation_folder
 from common.trackers import log_validation_videos
