@@ -6,9 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export DEMO_DIR=${DEMO_DIR:-demo_output}
-# One OpenMP thread per process: the demo's models are tiny, and two threads spinning against each other on a small
-# or shared CPU make every step several times slower.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # A rerun of the demo replaces its own earlier results folders (the samplers refuse them otherwise).
 export OVERWRITE_OUTPUT_DIR=${OVERWRITE_OUTPUT_DIR:-True}
 bash scripts/demo_genex.sh
