@@ -44,12 +44,12 @@ python sample_world_explorer.py --model_dir "$OUT/genex_explorer" --panorama "$p
 echo "GenEx-Explorer outputs: frames $OUT/Genex-DB, model $OUT/genex_explorer (checkpoints, validation/, logs/),"
 echo "  generated video $OUT/exploration.mp4"
 
-echo "== evaluate_world_explorer.py (2 held-out synthetic videos at the trained 64x32 and 8 frames; base = the tiny pipeline before training)"
+echo "== evaluate_world_explorer.py (2 held-out synthetic videos at the trained 64x32 and 8 frames, 4 sampling steps; base = the tiny pipeline before training)"
 python -m genex.synthetic --output_dir "$OUT/heldout_clone" --layout folder --scene_types realistic anime \
   --videos_per_scene 1 --num_frames 8 --width 64 --height 32 --seed 1
 python prepare_dataset.py --dataset_path "$OUT/heldout_clone" --output_dir "$OUT/Genex-DB-heldout" \
   --scene_types realistic anime --frames_per_video 8 --num_workers 1 --image_size 64 32 --quiet
 # One OpenMP thread: tiny models on a small shared CPU run several times faster than with two threads spinning.
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MODEL_DIR="$OUT/genex_explorer" BASE_MODEL_DIR="$OUT/tiny_svd" BASE_FOLDER="$OUT/Genex-DB-heldout" \
-OUTPUT_DIR="$OUT/evaluation" NUM_INFERENCE_STEPS=8 OVERWRITE_OUTPUT_DIR=1 bash scripts/evaluate_world_explorer.sh
+OUTPUT_DIR="$OUT/evaluation" NUM_INFERENCE_STEPS=4 OVERWRITE_OUTPUT_DIR=1 bash scripts/evaluate_world_explorer.sh
 echo "GenEx-Explorer evaluation (tiny models on synthetic data): $OUT/evaluation (results.md, curves.png, videos/)"
