@@ -18,5 +18,8 @@ echo
 echo "== PECN evaluation ($DEMO_DIR/pecn/test_result/results.md)"
 cat "$DEMO_DIR/pecn/test_result/results.md"
 echo
+echo "== PECN before training: the tiny pipeline's random UNet, the same fitted VAE ($DEMO_DIR/pecn/test_result_untrained/results.md)"
+grep -m 1 "overall" "$DEMO_DIR/pecn/test_result_untrained/results.md"
+echo
 echo "Demo finished. GenEx-Explorer: $DEMO_DIR/genex   PECN: $DEMO_DIR/pecn"
 echo "TensorBoard: tensorboard --logdir $DEMO_DIR"

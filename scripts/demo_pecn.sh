@@ -28,7 +28,11 @@ accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dyna
   --learning_rate=1e-3 --lr_warmup_steps=0 --validation_epochs=30 --num_validation_images=2 \
   --validation_num_inference_steps=10 --mixed_precision=no --report_to=tensorboard --seed=42 --overwrite_output_dir
 
-echo "== sample_from_pix2pix.sh"
-MODEL_DIR="$OUT/instruct_pix2pix_64" FRAMES_DIR="$OUT/sthv2/frames_64x64" \
-VAL_ANNOTATIONS="$OUT/sthv2/annotations/val_filtered.json" OUTPUT_DIR="$OUT/test_result" \
-PROGRESS=True NUM_SAMPLES=all NUM_INFERENCE_STEPS=10 bash scripts/sample_from_pix2pix.sh
+# The trained model, then the tiny pipeline before training (the same fitted VAE, a random UNet): the row it improves on.
+for run in "instruct_pix2pix_64 test_result" "tiny_instruct_pix2pix test_result_untrained"; do
+  read -r model results <<< "$run"
+  echo "== sample_from_pix2pix.sh ($OUT/$model)"
+  MODEL_DIR="$OUT/$model" FRAMES_DIR="$OUT/sthv2/frames_64x64" \
+  VAL_ANNOTATIONS="$OUT/sthv2/annotations/val_filtered.json" OUTPUT_DIR="$OUT/$results" \
+  PROGRESS=True NUM_SAMPLES=all NUM_INFERENCE_STEPS=10 bash scripts/sample_from_pix2pix.sh
+done
