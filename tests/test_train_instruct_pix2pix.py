@@ -123,7 +123,8 @@ def test_resume_from_latest_continues_the_run(setup):
 
 def test_text_to_image_base_grows_conv_in(setup):
     output_dir = setup["root"] / "from_t2i"
-    accelerate_launch(base_args(setup, output_dir, 1, "text_to_image", "--checkpointing_steps=100", "--num_validation_images=1"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train_instruct_pix2pix.main(base_args(setup, output_dir, 1, "text_to_image", "--checkpointing_steps=100", "--num_validation_images=1"))
     from diffusers import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(output_dir, subfolder="unet")
