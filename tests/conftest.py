@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,13 @@ def one_line_error(main, argv, capsys) -> str:
     return errors[0]
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def accelerate_launch(target: list, num_processes: int = 1, launch_flags=None, env=None, cwd=REPO_ROOT, timeout=600, launcher_path=()):
     """Run `accelerate launch <launch_flags> <target>` (a script and its arguments, or `-m module ...`) as users do.
 
@@ -67,7 +75,8 @@ def accelerate_launch(target: list, num_processes: int = 1, launch_flags=None, e
     if launcher_path:
         launcher = ["-c", f"import sys; sys.path[:0] = {[str(path) for path in launcher_path]!r}; sys.argv[0] = 'accelerate-launch'; "
                           "from accelerate.commands.launch import main; main()"]
-    command = [sys.executable, *launcher, *launch_flags, "--num_machines", "1", "--mixed_precision", "no",
+    # A port of its own: test workers may launch two multi-process runs at the same time.
+    command = [sys.executable, *launcher, *launch_flags, "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
                "--dynamo_backend", "no", *map(str, target)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **(env or {}))
     if num_processes > 1:
