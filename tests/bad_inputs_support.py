@@ -139,12 +139,16 @@ def _exit_code(error: SystemExit) -> int:
     return 1
 
 
-def run_main(argv: list[str], module_name: str, wrap: bool):
-    """main(argv) of a script; `wrap`: its __main__ goes through common.cli.run_cli."""
+def unset_accelerate_state() -> None:
+    """Accelerate's process-wide state unset, as in the fresh process of a user's command: for a script's main run in the tests' process."""
     from accelerate.state import AcceleratorState
 
-    # Each run starts with Accelerate's process-wide state unset, as in the fresh process of a user's command.
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def run_main(argv: list[str], module_name: str, wrap: bool):
+    """main(argv) of a script, as a fresh process runs it; `wrap`: its __main__ goes through common.cli.run_cli."""
+    unset_accelerate_state()
     main = importlib.import_module(module_name).main
     if wrap:
         return run_cli(lambda: main(argv))

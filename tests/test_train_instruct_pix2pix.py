@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
 import train_instruct_pix2pix
+from bad_inputs_support import unset_accelerate_state
 from conftest import REPO_ROOT, one_line_error
 
 RESOLUTION = 32
@@ -113,7 +113,7 @@ def test_resume_from_latest_continues_the_run(setup):
     # In this process, as fresh processes start (Accelerate's state unset): runs compared with each other need no launcher;
     # the README's accelerate launch of a resume is tests/test_kill_resume.py's.
     for output_dir, steps, resume in ((straight, 4, []), (resumed, 2, []), (resumed, 4, ["--resume_from_checkpoint=latest"])):
-        AcceleratorState._reset_state(reset_partial_state=True)
+        unset_accelerate_state()
         train_instruct_pix2pix.main(base_args(setup, output_dir, steps, "instruct_pix2pix", "--checkpointing_steps=2", "--num_validation_images=0", *resume))
     assert "checkpoint-2 at step 2" in (resumed / "train.log").read_text()
     a = load_file(str(straight / "checkpoint-4" / "0_trainable_weights.safetensors"))
@@ -123,7 +123,7 @@ def test_resume_from_latest_continues_the_run(setup):
 
 def test_text_to_image_base_grows_conv_in(setup):
     output_dir = setup["root"] / "from_t2i"
-    AcceleratorState._reset_state(reset_partial_state=True)
+    unset_accelerate_state()
     train_instruct_pix2pix.main(base_args(setup, output_dir, 1, "text_to_image", "--checkpointing_steps=100", "--num_validation_images=1"))
     from diffusers import UNet2DConditionModel
 
@@ -147,7 +147,7 @@ def test_quick_test_script_runs_the_whole_path(tmp_path):
 def test_bad_input_is_a_one_line_error(setup, tmp_path, flags, message, capsys, monkeypatch):
     # In this process, as a fresh one starts: the script's main through run_cli, Accelerate's state unset.
     monkeypatch.chdir(REPO_ROOT)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    unset_accelerate_state()
     assert message in one_line_error(train_instruct_pix2pix.main, [*base_args(setup, tmp_path / "x", 1), *flags], capsys)
 
 

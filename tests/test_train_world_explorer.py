@@ -13,11 +13,11 @@ import av
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
 import train_world_explorer
+from bad_inputs_support import unset_accelerate_state
 from common.files import new_file_mode
 from conftest import REPO_ROOT, accelerate_launch, one_line_error
 from genex.synthetic import render_forward_video, write_validation_panoramas
@@ -37,7 +37,7 @@ def train(script_args, num_processes=1, script=REPO_ROOT / "train_world_explorer
 def train_here(script_args):
     """Run the training script's main in this process, as a fresh process starts it (Accelerate's state unset): for runs compared
     with each other, where `accelerate launch` would only add an interpreter start (~9 s) per run."""
-    AcceleratorState._reset_state(reset_partial_state=True)
+    unset_accelerate_state()
     train_world_explorer.main(script_args)
 
 
@@ -208,7 +208,7 @@ def test_cached_latents_make_the_same_draws_as_the_frames(setup, straight, cache
         assert a == pytest.approx(b, rel=1e-2) and a != b  # fp16 statistics: close, not bit-equal
 
     # The cache does not fit another resolution: refused in one line that says how to rebuild it.
-    AcceleratorState._reset_state(reset_partial_state=True)
+    unset_accelerate_state()
     refused = one_line_error(train_world_explorer.main, [*base_args(setup, setup["root"] / "cached_refused", 1), f"--latents_cache_dir={cache_dir}",
                                                          f"--width={2 * WIDTH}"], capsys)
     assert "this run needs" in refused and "python -m genex.cache_latents" in refused
@@ -347,7 +347,7 @@ def test_sampler_writes_video_at_the_panorama_aspect(trained, setup, tmp_path):
 def test_bad_flags_are_one_line_errors(setup, tmp_path, flags, message, capsys, monkeypatch):
     # In this process, as a fresh one starts: the script's main through run_cli, Accelerate's state unset.
     monkeypatch.chdir(REPO_ROOT)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    unset_accelerate_state()
     assert message in one_line_error(train_world_explorer.main, [*base_args(setup, tmp_path / "x", 1), *flags], capsys)
 
 
@@ -356,7 +356,7 @@ def test_xformers_requested_but_missing_is_a_clear_error(setup, tmp_path, capsys
 
     if importlib.util.find_spec("xformers") is not None:
         pytest.skip("xformers is installed here")
-    AcceleratorState._reset_state(reset_partial_state=True)
+    unset_accelerate_state()
     message = one_line_error(train_world_explorer.main, [*base_args(setup, tmp_path / "x", 1), "--enable_xformers_memory_efficient_attention"], capsys)
     assert "xformers is not installed" in message
 
