@@ -19,7 +19,7 @@ import torch
 
 from common.cli import SetupError, run_cli
 from common.files import check_writable
-from common.training import flush_denormals
+from common.training import flush_denormals, require_at_least
 from common.video import write_mp4
 from genex.generate import explore_path, load_rgb, parse_trajectory, resize_frames
 from genex.models import check_svd_fits, load_svd_pipeline, sampling_settings
@@ -62,6 +62,9 @@ def parse_args(argv=None):
             parser.error(f"--trajectory: {error}")
     else:
         args.segments = [(args.yaw or 0.0, args.num_frames)]
+    # Counts below 1 fail deep in the pipeline after the model loads (0 frames: a torch reduction error).
+    require_at_least(args, 1, "width", "height", "num_frames", "fps", "num_inference_steps", "decode_chunk_size")
+    require_at_least(args, 0, "motion_bucket_id")
     # Before the model loads: an output that cannot be written would cost the whole generation.
     if Path(args.output).is_dir():
         raise SetupError(f"--output {args.output}: is a folder; give the path of the mp4 to write")

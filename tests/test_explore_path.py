@@ -71,3 +71,12 @@ def test_trajectory_flags(capsys):
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert message in error and "error:" in error, error
     assert parse_trajectory("0:25,180:25") == [(0.0, 25), (180.0, 25)]
+
+
+@pytest.mark.parametrize("flag", ["--num_frames", "--num_inference_steps", "--width", "--decode_chunk_size"])
+def test_sampler_counts_below_one_are_one_line_errors_before_the_model_loads(flag, tmp_path, capsys):
+    import sample_world_explorer
+    from conftest import one_line_error
+
+    argv = ["--model_dir", str(tmp_path / "no_model"), "--panorama", str(tmp_path / "pano.png"), "--output", str(tmp_path / "walk.mp4"), flag, "0"]
+    assert one_line_error(sample_world_explorer.main, argv, capsys) == f"error: {flag} must be at least 1, got 0"
