@@ -29,7 +29,7 @@ from common.cli import count_or_all, run_cli
 from common.files import atomic_folder, check_output_dir, write_atomic
 from common.metrics import I3DFeatures, LpipsScorer, add_lpips_arguments, json_safe
 from common.pixels import vae_reconstruction
-from common.training import flush_denormals
+from common.training import flush_denormals, require_at_least
 from common.video import write_mp4
 from genex import evaluate
 from genex.models import check_svd_fits, load_svd_pipeline, sampling_settings
@@ -65,9 +65,8 @@ def parse_args(argv=None):
                                         fps=args.fps, motion_bucket_id=args.motion_bucket_id))
     if args.num_frames < 2:
         parser.error(f"--num_frames must be at least 2 (frame 1 is the input; frames 2..F are scored), got {args.num_frames}")
-    for flag in ("num_inference_steps", "decode_chunk_size", "fps"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    require_at_least(args, 1, "width", "height", "num_inference_steps", "decode_chunk_size", "fps")
+    require_at_least(args, 0, "motion_bucket_id")
     if args.i3d_path is not None and not Path(args.i3d_path).is_file():
         parser.error(f"--i3d_path {args.i3d_path}: file not found")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
