@@ -1,4 +1,4 @@
-"""Fit a tiny VAE to a set of frames, so that what the demo decodes through it looks like those frames.
+"""Fit a tiny base model to a set of frames, so that what the demo decodes through it looks like those frames.
 
 A randomly initialised VAE reconstructs nothing (about 11 dB PSNR), so every image a diffusion model
 makes through it is colour noise whatever the model learned. Both pipelines' tiny base models
@@ -7,6 +7,7 @@ before any training: the loss is the VAE objective of Kingma & Welling (2014), t
 error of a posterior sample plus a KL term to N(0, I), with the KL weighted down as in Stable
 Diffusion's autoencoder. The latent scaling factor is then set to 1 / std of the fitted latents, as
 Stable Diffusion's 0.18215 was, so that the diffusion models see latents of unit variance.
+`fit_module` is the loop (Adam, cosine decay, random batches) that also fits genex.tiny's UNet.
 """
 
 import argparse
@@ -14,7 +15,7 @@ import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,21 +50,27 @@ class FitResult:
                 f"{self.psnr_before:.2f} dB -> {self.psnr_after:.2f} dB (loss {self.losses[0]:.4f} -> {self.losses[-1]:.4f})")
 
 
+def add_fit_settings_args(group, part: str, defaults: FitSettings, steps_help: str = "Adam steps of the fit.", batch_help: str = "Clips per fitting step."):
+    """--fit_<part>_steps, --fit_<part>_learning_rate and --fit_<part>_batch_size, read back by fit_settings(args, part)."""
+    group.add_argument(f"--fit_{part}_steps", type=int, default=defaults.steps, help=steps_help)
+    group.add_argument(f"--fit_{part}_learning_rate", type=float, default=defaults.learning_rate, help="Peak learning rate of the fit (cosine decay to 0).")
+    group.add_argument(f"--fit_{part}_batch_size", type=int, default=defaults.batch_size, help=batch_help)
+
+
 def add_vae_fitting_args(parser: argparse.ArgumentParser, frames_help: str, defaults: FitSettings = FitSettings()):
     """The --fit_vae_* flags that both tiny-pipeline CLIs take; returns their argument group."""
     group = parser.add_argument_group("fitting the VAE (optional)")
     group.add_argument("--fit_vae_frames", type=str, default=None, help=frames_help)
-    group.add_argument("--fit_vae_steps", type=int, default=defaults.steps, help="Adam steps of the fit.")
-    group.add_argument("--fit_vae_learning_rate", type=float, default=defaults.learning_rate, help="Peak learning rate of the fit (cosine decay to 0).")
-    group.add_argument("--fit_vae_batch_size", type=int, default=defaults.batch_size, help="Clips per fitting step.")
+    add_fit_settings_args(group, "vae", defaults)
     return group
 
 
-def fit_settings(args: argparse.Namespace) -> FitSettings:
-    """The FitSettings of parsed --fit_vae_* flags (seeded with --seed)."""
-    if args.fit_vae_steps < 1 or args.fit_vae_batch_size < 1 or args.fit_vae_learning_rate <= 0:
-        raise ValueError("--fit_vae_steps and --fit_vae_batch_size must be at least 1 and --fit_vae_learning_rate positive")
-    return FitSettings(steps=args.fit_vae_steps, learning_rate=args.fit_vae_learning_rate, batch_size=args.fit_vae_batch_size, seed=args.seed)
+def fit_settings(args: argparse.Namespace, part: str = "vae") -> FitSettings:
+    """The FitSettings of parsed --fit_<part>_* flags (seeded with --seed)."""
+    steps, learning_rate, batch_size = (getattr(args, f"fit_{part}_{name}") for name in ("steps", "learning_rate", "batch_size"))
+    if steps < 1 or batch_size < 1 or learning_rate <= 0:
+        raise ValueError(f"--fit_{part}_steps and --fit_{part}_batch_size must be at least 1 and --fit_{part}_learning_rate positive")
+    return FitSettings(steps=steps, learning_rate=learning_rate, batch_size=batch_size, seed=args.seed)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -124,23 +131,33 @@ def latent_scaling_factor(vae, clips: torch.Tensor, batch_size: int = 8, seed: i
     return float(1.0 / torch.cat(latents).std())
 
 
-def fit_vae(vae, clips: torch.Tensor, settings: FitSettings = FitSettings()) -> list[float]:
-    """Fit `vae` in place to uint8 clips [N, F, 3, H, W], then set its scaling factor; returns the loss of every step."""
+def fit_module(module, batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor], num_examples: int, settings: FitSettings,
+               description: str) -> list[float]:
+    """Fit every parameter of `module` in place: each step draws settings.batch_size of `num_examples` examples (with
+    replacement) and takes an Adam step on batch_loss(their indices, generator); returns the loss of every step."""
     generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=settings.learning_rate)
+    optimizer = torch.optim.Adam(module.parameters(), lr=settings.learning_rate)
     # Cosine decay to zero: large steps first, then the weights settle instead of stopping mid-jump.
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / settings.steps)))
-    vae.train().requires_grad_(True)
+    module.train().requires_grad_(True)
     losses = []
-    for _ in tqdm(range(settings.steps), desc="fitting the VAE", unit="step"):
-        batch = clips[torch.randint(len(clips), (min(settings.batch_size, len(clips)),), generator=generator)]
-        loss = vae_loss(vae, to_model_range(batch), settings.kl_weight, generator)
+    for _ in tqdm(range(settings.steps), desc=description, unit="step"):
+        loss = batch_loss(torch.randint(num_examples, (min(settings.batch_size, num_examples),), generator=generator), generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-    vae.eval().requires_grad_(False)
+    module.eval().requires_grad_(False)
+    return losses
+
+
+def fit_vae(vae, clips: torch.Tensor, settings: FitSettings = FitSettings()) -> list[float]:
+    """Fit `vae` in place to uint8 clips [N, F, 3, H, W], then set its scaling factor; returns the loss of every step."""
+    def batch_loss(indices, generator):
+        return vae_loss(vae, to_model_range(clips[indices]), settings.kl_weight, generator)
+
+    losses = fit_module(vae, batch_loss, len(clips), settings, "fitting the VAE")
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, clips, seed=settings.seed))
     return losses
 

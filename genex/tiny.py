@@ -3,9 +3,12 @@
 The hub is out of reach on development and CI machines, so tests and smoke runs load this
 folder with the same `from_pretrained` code that loads `stabilityai/stable-video-diffusion-img2vid-xt-1-1`.
 With `--fit_vae_frames`, the VAE is first fitted to those frames (common/vae_fitting.py), so that what
-is decoded through it looks like them: the demo's base model.
+is decoded through it looks like them. With `--fit_unet_steps` too, the whole UNet is then fitted to the
+same frames as still images (each frame conditioning its own generation, SVD's EDM loss on one-frame
+clips): a stand-in for SVD's pretraining, so that the base model keeps its conditioning image and what
+fine-tuning the temporal blocks adds (the forward walk) can be seen. That is the demo's base model.
 
-    python -m genex.tiny --output_dir /tmp/tiny-svd [--seed 0] [--fit_vae_frames ./Genex-DB]
+    python -m genex.tiny --output_dir /tmp/tiny-svd [--seed 0] [--fit_vae_frames ./frames [--fit_unet_steps 100]]
 """
 
 import argparse
@@ -23,8 +26,10 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWi
 
 from common.cli import run_cli
 from common.output_dir import share_saved_pipeline
-from common.vae_fitting import FitSettings, add_vae_fitting_args, fit_settings, fit_vae_to_videos
+from common.vae_fitting import FitSettings, add_fit_settings_args, add_vae_fitting_args, fit_module, fit_settings, fit_vae_to_videos, read_clips
 from genex.data import find_frame_folders
+from genex.models import Encoders
+from genex.step import Objective, loss_of, predict
 
 # The scheduler of stabilityai/stable-video-diffusion-img2vid-xt-1-1 (EDM v-prediction, continuous timesteps).
 SVD_SCHEDULER_CONFIG = dict(
@@ -46,6 +51,8 @@ SVD_SCHEDULER_CONFIG = dict(
 VAE_FIT_FRAMES_PER_CLIP = 4
 # Two clips of four frames per step; on the demo's 64x32 frames (2 CPU cores) about a minute.
 VAE_FIT_DEFAULTS = FitSettings(steps=120, batch_size=2)
+# Eight still images per step; --fit_unet_steps 0 (the default) leaves the UNet random.
+UNET_FIT_DEFAULTS = FitSettings(steps=0, learning_rate=2e-3, batch_size=8)
 
 # OpenAI CLIP normalisation, as in SVD's feature_extractor/preprocessor_config.json.
 CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -96,27 +103,60 @@ def build_tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
     )
 
 
-def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optional[str] = None, fitting: FitSettings = VAE_FIT_DEFAULTS) -> Path:
-    """Build the tiny pipeline, fit its VAE to the frame folders under `vae_frames_folder` if given, and save it (safetensors)."""
+def fit_unet_to_still_frames(pipeline: StableVideoDiffusionPipeline, frames: torch.Tensor, settings: FitSettings) -> list[float]:
+    """Fit the whole UNet in place to uint8 one-frame clips [N, 1, 3, H, W], each the conditioning image of its own
+    generation, with the EDM loss of training (genex.step, conditioning dropout included) through the pipeline's VAE;
+    returns the loss of every step."""
+    encoders = Encoders(pipeline.vae, pipeline.image_encoder, pipeline.feature_extractor)
+    objective = Objective(num_frames=1)
+
+    def batch_loss(indices, generator):
+        prediction = predict({"pixel_values": frames[indices]}, pipeline.unet, encoders, objective, generator, torch.float32)
+        return loss_of(prediction, encoders.vae, objective, generator, 0, settings.steps)[0]
+
+    return fit_module(pipeline.unet, batch_loss, len(frames), settings, "fitting the UNet")
+
+
+def mean_of_tenth(losses: list, last: bool) -> float:
+    """Mean of the first (or last) tenth of the losses, at least one: EDM losses swing with the sigma drawn each step."""
+    count = max(1, len(losses) // 10)
+    return sum(losses[-count:] if last else losses[:count]) / count
+
+
+def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optional[str] = None, fitting: FitSettings = VAE_FIT_DEFAULTS,
+                           unet_fitting: Optional[FitSettings] = None) -> Path:
+    """Build the tiny pipeline, fit its VAE (then, with `unet_fitting`, its whole UNet) to the frame folders under
+    `vae_frames_folder` if given, and save it (safetensors)."""
     output_dir = Path(output_dir)
     pipeline = build_tiny_svd_pipeline(seed)
+    if unet_fitting is not None and vae_frames_folder is None:
+        raise ValueError("--fit_unet_steps: needs --fit_vae_frames (the UNet is fitted to those frames, through the fitted VAE)")
     if vae_frames_folder is not None:
         videos = list(find_frame_folders(vae_frames_folder).values())
         if not videos:
             raise ValueError(f"{vae_frames_folder}: no folder of frame images under it to fit the VAE to")
         print(fit_vae_to_videos(pipeline.vae, videos, VAE_FIT_FRAMES_PER_CLIP, fitting, source=vae_frames_folder).summary())
+        if unet_fitting is not None:
+            losses = fit_unet_to_still_frames(pipeline, read_clips(videos, 1, vae_frames_folder), unet_fitting)
+            print(f"UNet fitted to the {sum(map(len, videos))} frames as still images in {len(losses)} steps: EDM loss "
+                  f"{mean_of_tenth(losses, last=False):.4f} -> {mean_of_tenth(losses, last=True):.4f} (means of the first and last tenth of the steps)")
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     share_saved_pipeline(output_dir)
     return output_dir
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Save a tiny random Stable Video Diffusion pipeline, its VAE optionally fitted to frames.")
+    parser = argparse.ArgumentParser(description="Save a tiny random Stable Video Diffusion pipeline, its VAE (and UNet) optionally fitted to frames.")
     parser.add_argument("--output_dir", required=True, help="Folder to save the pipeline to.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights (and of the VAE fit).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights (and of the fits).")
     add_vae_fitting_args(parser, "Fit the VAE to the frames under this folder first (every folder of frame images in it, as prepare_dataset.py writes).", VAE_FIT_DEFAULTS)
+    add_fit_settings_args(parser.add_argument_group("fitting the UNet (optional, after the VAE)"), "unet", UNET_FIT_DEFAULTS,
+                          steps_help="Then fit the whole UNet to the --fit_vae_frames frames as still images for this many Adam steps "
+                                     "(a stand-in for SVD's pretraining: the base then keeps its conditioning image); 0: the UNet stays random.",
+                          batch_help="Still images per fitting step.")
     args = parser.parse_args(argv)
-    print(save_tiny_svd_pipeline(args.output_dir, args.seed, args.fit_vae_frames, fit_settings(args)))
+    unet_fitting = fit_settings(args, "unet") if args.fit_unet_steps != 0 else None
+    print(save_tiny_svd_pipeline(args.output_dir, args.seed, args.fit_vae_frames, fit_settings(args), unet_fitting))
 
 
 if __name__ == "__main__":

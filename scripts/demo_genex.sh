@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GenEx-Explorer on the embedded default: synthetic Genex-DB clone (parquet layout), prepare_dataset.py,
-# a tiny SVD pipeline whose VAE is fitted to those frames, the latent cache, training with SCL,
+# a tiny SVD base model (VAE and UNet fitted to other synthetic rooms), the latent cache, training with SCL,
 # validation and a checkpoint, then a video generated from a panorama. Rerunnable: the data steps skip what is done,
 # and training passes --overwrite_output_dir, so a rerun replaces the demo's earlier model in $OUT/genex_explorer.
 set -euo pipefail
@@ -16,8 +16,15 @@ echo "== prepare_dataset.py"
 python prepare_dataset.py --dataset_path "$OUT/genex_db_clone" --output_dir "$OUT/Genex-DB" \
   --scene_types realistic low_texture anime real_world --frames_per_video 16 --num_workers 2 --image_size 64 32
 
-echo "== tiny SVD pipeline, its VAE fitted to the prepared frames (a random VAE decodes only noise)"
-python -m genex.tiny --output_dir "$OUT/tiny_svd" --fit_vae_frames "$OUT/Genex-DB"
+echo "== a pretraining set for the tiny base model: forward walks through 64 other synthetic rooms (the stand-in for SVD's own training data)"
+python -m genex.synthetic --output_dir "$OUT/pretraining_clone" --layout folder --videos_per_scene 16 \
+  --num_frames 8 --width 64 --height 32 --seed 2
+python prepare_dataset.py --dataset_path "$OUT/pretraining_clone" --output_dir "$OUT/pretraining_frames" \
+  --scene_types realistic low_texture anime real_world --frames_per_video 8 --num_workers 2 --image_size 64 32 --quiet
+
+echo "== tiny SVD base model: its VAE fitted to the pretraining frames (a random VAE decodes only noise), then its whole UNet"
+echo "   to them as still images (a random UNet ignores its conditioning image; this base keeps it, and does not walk)"
+python -m genex.tiny --output_dir "$OUT/tiny_svd" --fit_vae_frames "$OUT/pretraining_frames" --fit_vae_steps 300 --fit_unet_steps 80
 
 echo "== python -m genex.cache_latents (VAE posteriors and CLIP embeddings of every frame)"
 python -m genex.cache_latents --pretrained_model_name_or_path="$OUT/tiny_svd" --base_folder="$OUT/Genex-DB" \
@@ -44,7 +51,7 @@ python sample_world_explorer.py --model_dir "$OUT/genex_explorer" --panorama "$p
 echo "GenEx-Explorer outputs: frames $OUT/Genex-DB, model $OUT/genex_explorer (checkpoints, validation/, logs/),"
 echo "  generated video $OUT/exploration.mp4"
 
-echo "== evaluate_world_explorer.py (2 held-out synthetic videos at the trained 64x32 and 8 frames, 4 sampling steps; base = the tiny pipeline before training)"
+echo "== evaluate_world_explorer.py (2 held-out synthetic videos at the trained 64x32 and 8 frames, 4 sampling steps; base = the tiny base model before fine-tuning)"
 python -m genex.synthetic --output_dir "$OUT/heldout_clone" --layout folder --scene_types realistic anime \
   --videos_per_scene 1 --num_frames 8 --width 64 --height 32 --seed 1
 python prepare_dataset.py --dataset_path "$OUT/heldout_clone" --output_dir "$OUT/Genex-DB-heldout" \

@@ -1,5 +1,6 @@
-"""Fitting the tiny VAEs (common/vae_fitting.py): reconstruction improves, the latents get unit variance,
-and the tiny-pipeline CLIs save a folder that loads with from_pretrained and holds the fitted VAE."""
+"""Fitting the tiny base models (common/vae_fitting.py, genex.tiny): the VAEs' reconstruction improves and their latents
+get unit variance, the tiny SVD UNet's denoising of still frames improves, and the tiny-pipeline CLIs save a folder that
+loads with from_pretrained and holds what was fitted."""
 
 import json
 
@@ -14,6 +15,8 @@ from common.pixels import to_model_range
 from common.cli import run_cli
 from common.vae_fitting import FitSettings, fit_vae, latent_scaling_factor, read_clips, reconstruction_psnr
 from genex import tiny as genex_tiny
+from genex.models import Encoders
+from genex.step import Objective, loss_of, predict
 from pecn import tiny as pecn_tiny
 
 WIDTH, HEIGHT = 32, 16
@@ -117,4 +120,50 @@ def test_fitting_without_frames_is_one_error_line(tmp_path, capsys):
         run_cli(lambda: genex_tiny.main(argv))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'empty'}: no folder of frame images under it to fit the VAE to"
+    assert not (tmp_path / "svd").exists()
+
+
+def still_frame_loss(pipeline, frames, seed=1):
+    """The EDM loss of the UNet on every one-frame clip of `frames`, with the same draws (sigmas, noise, dropout) for every call."""
+    objective = Objective(num_frames=1)
+    encoders = Encoders(pipeline.vae, pipeline.image_encoder, pipeline.feature_extractor)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        prediction = predict({"pixel_values": frames}, pipeline.unet, encoders, objective, generator, torch.float32)
+        return float(loss_of(prediction, encoders.vae, objective, generator, 0, 1)[0])
+
+
+def test_fit_unet_to_still_frames_lowers_the_loss_and_leaves_the_vae(tmp_path):
+    frames = read_clips(frames_of(write_videos(tmp_path, num_frames=4)), 1)
+    pipeline = genex_tiny.build_tiny_svd_pipeline(seed=0)
+    vae_before = {name: value.clone() for name, value in pipeline.vae.state_dict().items()}
+    unet_before = {name: value.clone() for name, value in pipeline.unet.state_dict().items()}
+    before = still_frame_loss(pipeline, frames)
+    losses = genex_tiny.fit_unet_to_still_frames(pipeline, frames, FitSettings(steps=20, learning_rate=3e-3, batch_size=4))
+    assert len(losses) == 20
+    assert still_frame_loss(pipeline, frames) < 0.7 * before
+    assert all(torch.equal(value, vae_before[name]) for name, value in pipeline.vae.state_dict().items())
+    # Every part of the UNet was fitted, the spatial layers as well as the temporal ones.
+    changed = {name for name, value in pipeline.unet.state_dict().items() if not torch.equal(value, unet_before[name])}
+    assert "conv_in.weight" in changed and any("temporal" in name for name in changed)
+    assert not pipeline.unet.training and not any(param.requires_grad for param in pipeline.unet.parameters())
+
+
+def test_genex_tiny_fits_the_unet_after_the_vae_and_the_folder_loads(tmp_path, capsys):
+    write_videos(tmp_path / "frames" / "realistic", num_frames=4)
+    genex_tiny.main(["--output_dir", str(tmp_path / "svd"), "--fit_vae_frames", str(tmp_path / "frames"), "--fit_vae_steps", "2",
+                     "--fit_unet_steps", "3", "--fit_unet_batch_size", "2"])
+    out = capsys.readouterr().out
+    assert "VAE fitted to 8 frames in 2 steps" in out and "UNet fitted to the 8 frames as still images in 3 steps" in out
+    pipeline = StableVideoDiffusionPipeline.from_pretrained(tmp_path / "svd")
+    fresh_unet = genex_tiny.build_tiny_svd_pipeline(seed=0).unet.state_dict()
+    assert not torch.equal(pipeline.unet.state_dict()["conv_in.weight"], fresh_unet["conv_in.weight"])
+
+
+def test_fitting_the_unet_without_frames_is_one_error_line(tmp_path, capsys):
+    argv = ["--output_dir", str(tmp_path / "svd"), "--fit_unet_steps", "5"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: genex_tiny.main(argv))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --fit_unet_steps: needs --fit_vae_frames (the UNet is fitted to those frames, through the fitted VAE)"
     assert not (tmp_path / "svd").exists()
