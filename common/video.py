@@ -94,6 +94,11 @@ def evenly_spaced_indices(num_available: int, num_wanted: int) -> list[int]:
     return [round(i * (num_available - 1) / (num_wanted - 1)) for i in range(num_wanted)]
 
 
+# x264's asynchronous lookahead (rate control and macroblock tree) wrote different bytes for the same frames from run to
+# run, so a synthetic dataset, and every model fitted to it, changed between runs of one seed: H.264 is encoded without it.
+X264_REPEATABLE = "rc-lookahead=0:no-mbtree=1"
+
+
 def write_mp4(frames: Sequence[np.ndarray], path: Union[str, os.PathLike], fps: float = 7.0, crf: int = 18) -> Path:
     """Write RGB uint8 frames [H, W, 3] as an H.264 mp4 (yuv420p) that any player opens.
 
@@ -106,7 +111,7 @@ def write_mp4(frames: Sequence[np.ndarray], path: Union[str, os.PathLike], fps: 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=round(fps))
         stream.width, stream.height, stream.pix_fmt = even_w, even_h, "yuv420p"
-        stream.options = {"crf": str(crf)}
+        stream.options = {"crf": str(crf), "x264-params": X264_REPEATABLE}
         for frame in frames:
             frame = np.ascontiguousarray(frame, dtype=np.uint8)
             if (even_h, even_w) != (height, width):
@@ -121,7 +126,8 @@ def encode_video_bytes(frames: Sequence[np.ndarray], codec: str = "libx264", fps
     buffer = io.BytesIO()
     height, width = frames[0].shape[:2]
     with av.open(buffer, mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=round(fps))
+        options = {"x264-params": X264_REPEATABLE} if codec == "libx264" else {}
+        stream = container.add_stream(codec, rate=round(fps), options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")))
