@@ -123,12 +123,22 @@ def mean_of_tenth(losses: list, last: bool) -> float:
     return sum(losses[-count:] if last else losses[:count]) / count
 
 
-def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optional[str] = None, fitting: FitSettings = VAE_FIT_DEFAULTS,
-                           unet_fitting: Optional[FitSettings] = None) -> Path:
-    """Build the tiny pipeline, fit its VAE (then, with `unet_fitting`, its whole UNet) to the frame folders under
-    `vae_frames_folder` if given, and save it (safetensors)."""
+def save_pipeline(pipeline: StableVideoDiffusionPipeline, output_dir) -> Path:
+    """Save `pipeline` (safetensors) as a folder that from_pretrained loads."""
     output_dir = Path(output_dir)
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    share_saved_pipeline(output_dir)
+    return output_dir
+
+
+def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optional[str] = None, fitting: FitSettings = VAE_FIT_DEFAULTS,
+                           unet_fitting: Optional[FitSettings] = None, unfitted_unet_output_dir=None) -> Path:
+    """Build the tiny pipeline, fit its VAE (then, with `unet_fitting`, its whole UNet) to the frame folders under
+    `vae_frames_folder` if given, and save it (safetensors); `unfitted_unet_output_dir` also gets the pipeline as it was
+    before the UNet fit (the fitted VAE, the random UNet)."""
     pipeline = build_tiny_svd_pipeline(seed)
+    if unet_fitting is None and unfitted_unet_output_dir is not None:
+        raise ValueError("--unfitted_unet_output_dir: needs --fit_unet_steps (without it the saved UNet is the unfitted one)")
     if unet_fitting is not None and vae_frames_folder is None:
         raise ValueError("--fit_unet_steps: needs --fit_vae_frames (the UNet is fitted to those frames, through the fitted VAE)")
     if vae_frames_folder is not None:
@@ -136,13 +146,13 @@ def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optiona
         if not videos:
             raise ValueError(f"{vae_frames_folder}: no folder of frame images under it to fit the VAE to")
         print(fit_vae_to_videos(pipeline.vae, videos, VAE_FIT_FRAMES_PER_CLIP, fitting, source=vae_frames_folder).summary())
+        if unfitted_unet_output_dir is not None:
+            print(f"Before the UNet fit: {save_pipeline(pipeline, unfitted_unet_output_dir)}")
         if unet_fitting is not None:
             losses = fit_unet_to_still_frames(pipeline, read_clips(videos, 1, vae_frames_folder), unet_fitting)
             print(f"UNet fitted to the {sum(map(len, videos))} frames as still images in {len(losses)} steps: EDM loss "
                   f"{mean_of_tenth(losses, last=False):.4f} -> {mean_of_tenth(losses, last=True):.4f} (means of the first and last tenth of the steps)")
-    pipeline.save_pretrained(output_dir, safe_serialization=True)
-    share_saved_pipeline(output_dir)
-    return output_dir
+    return save_pipeline(pipeline, output_dir)
 
 
 def main(argv=None):
@@ -154,9 +164,11 @@ def main(argv=None):
                           steps_help="Then fit the whole UNet to the --fit_vae_frames frames as still images for this many Adam steps "
                                      "(a stand-in for SVD's pretraining: the base then keeps its conditioning image); 0: the UNet stays random.",
                           batch_help="Still images per fitting step.")
+    parser.add_argument("--unfitted_unet_output_dir", type=str, default=None,
+                        help="Also save the pipeline as it is before the UNet fit (the fitted VAE, the random UNet) to this folder: the untrained row to compare with.")
     args = parser.parse_args(argv)
     unet_fitting = fit_settings(args, "unet") if args.fit_unet_steps != 0 else None
-    print(save_tiny_svd_pipeline(args.output_dir, args.seed, args.fit_vae_frames, fit_settings(args), unet_fitting))
+    print(save_tiny_svd_pipeline(args.output_dir, args.seed, args.fit_vae_frames, fit_settings(args), unet_fitting, args.unfitted_unet_output_dir))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ echo
 echo "== GenEx-Explorer evaluation ($DEMO_DIR/genex/evaluation/results.md)"
 cat "$DEMO_DIR/genex/evaluation/results.md"
 echo
+echo "== GenEx-Explorer before any UNet training: a random UNet, the same fitted VAE ($DEMO_DIR/genex/evaluation_untrained/results.md)"
+grep -m 1 "^| model" "$DEMO_DIR/genex/evaluation_untrained/results.md"
+echo
 echo "== PECN evaluation ($DEMO_DIR/pecn/test_result/results.md)"
 cat "$DEMO_DIR/pecn/test_result/results.md"
 echo

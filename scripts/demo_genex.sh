@@ -24,7 +24,8 @@ python prepare_dataset.py --dataset_path "$OUT/pretraining_clone" --output_dir "
 
 echo "== tiny SVD base model: its VAE fitted to the pretraining frames (a random VAE decodes only noise), then its whole UNet"
 echo "   to them as still images (a random UNet ignores its conditioning image; this base keeps it, and does not walk)"
-python -m genex.tiny --output_dir "$OUT/tiny_svd" --fit_vae_frames "$OUT/pretraining_frames" --fit_vae_steps 300 --fit_unet_steps 80
+python -m genex.tiny --output_dir "$OUT/tiny_svd" --fit_vae_frames "$OUT/pretraining_frames" --fit_vae_steps 300 --fit_unet_steps 80 \
+  --unfitted_unet_output_dir "$OUT/tiny_svd_unfitted_unet"
 
 echo "== python -m genex.cache_latents (VAE posteriors and CLIP embeddings of every frame)"
 python -m genex.cache_latents --pretrained_model_name_or_path="$OUT/tiny_svd" --base_folder="$OUT/Genex-DB" \
@@ -59,4 +60,7 @@ python prepare_dataset.py --dataset_path "$OUT/heldout_clone" --output_dir "$OUT
 # One OpenMP thread: tiny models on a small shared CPU run several times faster than with two threads spinning.
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MODEL_DIR="$OUT/genex_explorer" BASE_MODEL_DIR="$OUT/tiny_svd" BASE_FOLDER="$OUT/Genex-DB-heldout" \
 OUTPUT_DIR="$OUT/evaluation" NUM_INFERENCE_STEPS=4 OVERWRITE_OUTPUT_DIR=1 bash scripts/evaluate_world_explorer.sh
+echo "== evaluate_world_explorer.py once more on the tiny pipeline with a random UNet (the same fitted VAE): the untrained row"
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MODEL_DIR="$OUT/tiny_svd_unfitted_unet" BASE_FOLDER="$OUT/Genex-DB-heldout" \
+OUTPUT_DIR="$OUT/evaluation_untrained" NUM_INFERENCE_STEPS=4 NUM_FRAMES=8 WIDTH=64 HEIGHT=32 OVERWRITE_OUTPUT_DIR=1 bash scripts/evaluate_world_explorer.sh
 echo "GenEx-Explorer evaluation (tiny models on synthetic data): $OUT/evaluation (results.md, curves.png, videos/)"

@@ -152,18 +152,27 @@ def test_fit_unet_to_still_frames_lowers_the_loss_and_leaves_the_vae(tmp_path):
 def test_genex_tiny_fits_the_unet_after_the_vae_and_the_folder_loads(tmp_path, capsys):
     write_videos(tmp_path / "frames" / "realistic", num_frames=4)
     genex_tiny.main(["--output_dir", str(tmp_path / "svd"), "--fit_vae_frames", str(tmp_path / "frames"), "--fit_vae_steps", "2",
-                     "--fit_unet_steps", "3", "--fit_unet_batch_size", "2"])
+                     "--fit_unet_steps", "3", "--fit_unet_batch_size", "2", "--unfitted_unet_output_dir", str(tmp_path / "unfitted")])
     out = capsys.readouterr().out
     assert "VAE fitted to 8 frames in 2 steps" in out and "UNet fitted to the 8 frames as still images in 3 steps" in out
     pipeline = StableVideoDiffusionPipeline.from_pretrained(tmp_path / "svd")
+    unfitted = StableVideoDiffusionPipeline.from_pretrained(tmp_path / "unfitted")
     fresh_unet = genex_tiny.build_tiny_svd_pipeline(seed=0).unet.state_dict()
     assert not torch.equal(pipeline.unet.state_dict()["conv_in.weight"], fresh_unet["conv_in.weight"])
+    # The folder saved before the UNet fit: the seed's random UNet beside the same fitted VAE.
+    assert all(torch.equal(value, fresh_unet[name]) for name, value in unfitted.unet.state_dict().items())
+    fitted_vae = pipeline.vae.state_dict()
+    assert all(torch.equal(value, fitted_vae[name]) for name, value in unfitted.vae.state_dict().items())
+    assert unfitted.vae.config.scaling_factor == pipeline.vae.config.scaling_factor
 
 
-def test_fitting_the_unet_without_frames_is_one_error_line(tmp_path, capsys):
-    argv = ["--output_dir", str(tmp_path / "svd"), "--fit_unet_steps", "5"]
+@pytest.mark.parametrize("flags, message", [
+    (["--fit_unet_steps", "5"], "--fit_unet_steps: needs --fit_vae_frames (the UNet is fitted to those frames, through the fitted VAE)"),
+    (["--unfitted_unet_output_dir", "unfitted"], "--unfitted_unet_output_dir: needs --fit_unet_steps (without it the saved UNet is the unfitted one)"),
+])
+def test_fitting_the_unet_without_what_it_needs_is_one_error_line(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: genex_tiny.main(argv))
+        run_cli(lambda: genex_tiny.main(["--output_dir", str(tmp_path / "svd"), *flags]))
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == "error: --fit_unet_steps: needs --fit_vae_frames (the UNet is fitted to those frames, through the fitted VAE)"
+    assert capsys.readouterr().err.strip() == f"error: {message}"
     assert not (tmp_path / "svd").exists()
