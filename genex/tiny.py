@@ -142,6 +142,8 @@ def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optiona
     if unet_fitting is not None and vae_frames_folder is None:
         raise ValueError("--fit_unet_steps: needs --fit_vae_frames (the UNet is fitted to those frames, through the fitted VAE)")
     if vae_frames_folder is not None:
+        if not Path(vae_frames_folder).is_dir():
+            raise ValueError(f"{vae_frames_folder}: no such folder of frames to fit the VAE to")
         videos = list(find_frame_folders(vae_frames_folder).values())
         if not videos:
             raise ValueError(f"{vae_frames_folder}: no folder of frame images under it to fit the VAE to")

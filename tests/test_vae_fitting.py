@@ -113,13 +113,15 @@ def test_pecn_tiny_fits_only_the_annotated_videos(tmp_path, capsys):
     assert tuple(pipeline.vae.config.block_out_channels) == (16, 32, 64) and pipeline.vae_scale_factor == 4
 
 
-def test_fitting_without_frames_is_one_error_line(tmp_path, capsys):
+@pytest.mark.parametrize("folder, problem", [("empty", "no folder of frame images under it to fit the VAE to"),
+                                             ("missing", "no such folder of frames to fit the VAE to")])
+def test_fitting_without_frames_is_one_error_line(tmp_path, capsys, folder, problem):
     (tmp_path / "empty").mkdir()
-    argv = ["--output_dir", str(tmp_path / "svd"), "--fit_vae_frames", str(tmp_path / "empty")]
+    argv = ["--output_dir", str(tmp_path / "svd"), "--fit_vae_frames", str(tmp_path / folder)]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(lambda: genex_tiny.main(argv))
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'empty'}: no folder of frame images under it to fit the VAE to"
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / folder}: {problem}"
     assert not (tmp_path / "svd").exists()
 
 
