@@ -262,6 +262,9 @@ def finish_run(run: TrainingRun, save: Callable[[torch.nn.Module], None]) -> Non
             save(accelerator.unwrap_model(run.model))
         share_saved_pipeline(run.args.output_dir)
         logging.getLogger(__name__).info("Saved the trained pipeline to %s", run.args.output_dir)
+    # Every process tears its process group down together: one that destroys it while the main process is still saving may
+    # hang (pytorch/pytorch#75097); a 2-process run on CI waited 10 minutes here once.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
 
 

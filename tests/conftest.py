@@ -1,4 +1,6 @@
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,4 +83,22 @@ def accelerate_launch(target: list, num_processes: int = 1, launch_flags=None, e
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **(env or {}))
     if num_processes > 1:
         env["ACCELERATE_USE_CPU"] = "true"
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_or_dump_stacks(command, cwd, env, timeout)
+
+
+def run_or_dump_stacks(command: list, cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run(command), but a run past `timeout` fails the test with where each of its processes was stuck: the whole
+    process group gets SIGABRT, on which Python's faulthandler prints every thread's stack (a hang is otherwise only a timeout)."""
+    process = subprocess.Popen(command, cwd=cwd, env=dict(env, PYTHONFAULTHANDLER="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGABRT)
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"{command[:4]}... ran past {timeout} s; the stacks of its processes at SIGABRT:\n{(stdout + stderr)[-12000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
