@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common.cli import SetupError, run_cli
+from common.cli import SetupError, is_missing_folder, run_cli
 from common.files import check_writable
 from common.training import flush_denormals, require_at_least
 from common.video import write_mp4
@@ -69,6 +69,9 @@ def parse_args(argv=None):
     if Path(args.output).is_dir():
         raise SetupError(f"--output {args.output}: is a folder; give the path of the mp4 to write")
     check_writable(Path(args.output).parent, "--output")
+    # Before the settings line, which for a mistyped folder would show SVD-xt's defaults instead of the trained ones.
+    if is_missing_folder(args.model_dir):
+        raise SetupError(f"--model_dir {args.model_dir}: folder does not exist")
     return args
 
 

@@ -15,10 +15,15 @@ class SetupError(RunError):
     """A flag or environment that cannot work (a missing optional package, an impossible value)."""
 
 
+def is_missing_folder(path: str) -> bool:
+    """`path` names a local folder (not a model hub id) that does not exist."""
+    return not Path(path).exists() and (os.sep in path or path.startswith("."))
+
+
 def model_folder_error(path: str, error: Exception, kind: str, variant=None) -> SetupError:
     """A one-line error for a base model that cannot be loaded, with the likely fix when there is one."""
     folder = Path(path)
-    if not folder.exists() and (os.sep in path or path.startswith(".")):
+    if is_missing_folder(path):
         return SetupError(f"{path}: folder does not exist")
     hint = ""
     if variant is None and folder.is_dir() and next(folder.glob("*/*.fp16.safetensors"), None) is not None:

@@ -80,3 +80,13 @@ def test_sampler_counts_below_one_are_one_line_errors_before_the_model_loads(fla
 
     argv = ["--model_dir", str(tmp_path / "no_model"), "--panorama", str(tmp_path / "pano.png"), "--output", str(tmp_path / "walk.mp4"), flag, "0"]
     assert one_line_error(sample_world_explorer.main, argv, capsys) == f"error: {flag} must be at least 1, got 0"
+
+
+def test_a_mistyped_model_folder_is_named_before_the_settings_line(tmp_path, capsys):
+    """The settings line would show SVD-xt's 1024x576 defaults for a folder that does not exist (found by a newcomer's typo)."""
+    import sample_world_explorer
+    from conftest import one_line_error
+
+    missing = tmp_path / "genex_explore"
+    argv = ["--model_dir", str(missing), "--panorama", str(tmp_path / "pano.png"), "--output", str(tmp_path / "walk.mp4")]
+    assert one_line_error(sample_world_explorer.main, argv, capsys) == f"error: --model_dir {missing}: folder does not exist"
