@@ -17,23 +17,26 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_or_dump_stacks
 
 HARNESS = REPO_ROOT / "tests" / "fault_injection.py"
 STEPS = 6
 
 
+def harness_env(faults=None) -> dict:
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **(faults or {}))
+
+
 def start(script, args, faults=None, marker=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO_ROOT), **(faults or {}))
+    env = harness_env(faults)
     if marker is not None:
         env["FAULT_MARKER"] = str(marker)
     return subprocess.Popen([sys.executable, str(HARNESS), script, *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def run_to_end(script, args, faults=None):
-    process = start(script, args, faults)
-    output, _ = process.communicate(timeout=600)
-    return process.returncode, output
+    result = run_or_dump_stacks([sys.executable, str(HARNESS), script, *args], REPO_ROOT, harness_env(faults), timeout=600)
+    return result.returncode, result.stdout + result.stderr
 
 
 def run_until_paused_then_kill(script, args, faults, marker):
