@@ -48,6 +48,15 @@ def sample_with_flags(tmp: Path, env: Env, flags: tuple[str, ...]) -> Built:
     return Built(sample_argv(env, good_panorama(tmp), tmp / "walk.mp4", *flags))
 
 
+def sample_over_earlier_video(tmp: Path, env: Env, flags: tuple[str, ...]) -> Built:
+    """A typo'd rerun of the sampler onto the video of an earlier run, which must stay as it was."""
+    output = tmp / "walk.mp4"
+    output.write_bytes(b"the earlier run's video")
+    return Built(sample_argv(env, good_panorama(tmp), output, *flags), keep=[output])
+
+
+CASES.append(Case("sampler-genex-num_frames-0", ENTRY, partial(sample_over_earlier_video, flags=("--num_frames", "0")), "error",
+                  (r"--num_frames must be at least 1, got 0",), code=2))
 CASES.append(Case("sampler-genex-width-not-multiple", ENTRY, partial(sample_with_flags, flags=("--width", "66")), "error",
                   (r"--width 66", r"multiples of \d+")))
 

@@ -51,6 +51,8 @@ def sampler_with_flags(tmp: Path, env: Env, flags: tuple[str, ...] = ()) -> Buil
 
 CASES.append(Case("sampler-pecn-target-beyond-every-video", ENTRY, partial(sampler_with_flags, flags=("--target_frame_idx", "500")), "error",
                   (r"{annotation}", r"no pair of frames 20 -> 500")))
+CASES.append(Case("sampler-pecn-num_inference_steps-0", ENTRY, partial(sampler_with_flags, flags=("--num_inference_steps", "0")), "error",
+                  (r"--num_inference_steps must be at least 1, got 0",), code=2))
 CASES.append(Case("sampler-pecn-target-beyond-some-videos", ENTRY, sampler_with_flags, "skip",
                   (r"Videos of the annotation file with no pair: video shorter than 22 frames: 2",)))
 
