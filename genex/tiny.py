@@ -2,18 +2,20 @@
 
 The hub is out of reach on development and CI machines, so tests and smoke runs load this
 folder with the same `from_pretrained` code that loads `stabilityai/stable-video-diffusion-img2vid-xt-1-1`.
-With `--fit_vae_frames`, the VAE is first fitted to those frames (common/vae_fitting.py), so that what
+The VAE has two blocks by default (2x downsampling); `--vae_block_out_channels 32` gives one block, which
+does not downsample: the demo's, at 32x16 (a two-block tiny VAE learns the demo's frames too slowly to
+keep their colour). With `--fit_vae_frames`, the VAE is first fitted to those frames (common/vae_fitting.py), so that what
 is decoded through it looks like them. With `--fit_unet_steps` too, the whole UNet is then fitted to the
 same frames as still images (each frame conditioning its own generation, SVD's EDM loss on one-frame
 clips): a stand-in for SVD's pretraining, so that the base model keeps its conditioning image and what
 fine-tuning the temporal blocks adds (the forward walk) can be seen. That is the demo's base model.
 
-    python -m genex.tiny --output_dir /tmp/tiny-svd [--seed 0] [--fit_vae_frames ./frames [--fit_unet_steps 100]]
+    python -m genex.tiny --output_dir /tmp/tiny-svd [--seed 0] [--vae_block_out_channels 32] [--fit_vae_frames ./frames [--fit_unet_steps 100]]
 """
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from diffusers import (
@@ -47,6 +49,8 @@ SVD_SCHEDULER_CONFIG = dict(
     use_karras_sigmas=True,
 )
 
+# Two blocks: the VAE downsamples by 2, as fast as the tests need.
+VAE_BLOCK_OUT_CHANNELS = (32, 64)
 # The temporal decoder is fitted on runs of this many consecutive frames, so it learns to decode them together.
 VAE_FIT_FRAMES_PER_CLIP = 4
 # Two clips of four frames per step; on the demo's 64x32 frames (2 CPU cores) about a minute.
@@ -59,8 +63,9 @@ CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def build_tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
-    """SVD pipeline with tiny random weights; the same seed gives identical weights."""
+def build_tiny_svd_pipeline(seed: int = 0, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS) -> StableVideoDiffusionPipeline:
+    """SVD pipeline with tiny random weights, the VAE one block per entry of `vae_block_out_channels` (each after the
+    first halves the size); the same seed and widths give identical weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNetSpatioTemporalConditionModel(
@@ -74,8 +79,8 @@ def build_tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
             up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
         )
         vae = AutoencoderKLTemporalDecoder(
-            block_out_channels=[32, 64],
-            down_block_types=("DownEncoderBlock2D",) * 2,
+            block_out_channels=list(vae_block_out_channels),
+            down_block_types=("DownEncoderBlock2D",) * len(vae_block_out_channels),
         )
         image_encoder = CLIPVisionModelWithProjection(
             CLIPVisionConfig(
@@ -132,11 +137,12 @@ def save_pipeline(pipeline: StableVideoDiffusionPipeline, output_dir) -> Path:
 
 
 def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optional[str] = None, fitting: FitSettings = VAE_FIT_DEFAULTS,
-                           unet_fitting: Optional[FitSettings] = None, unfitted_unet_output_dir=None) -> Path:
+                           unet_fitting: Optional[FitSettings] = None, unfitted_unet_output_dir=None,
+                           vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS) -> Path:
     """Build the tiny pipeline, fit its VAE (then, with `unet_fitting`, its whole UNet) to the frame folders under
     `vae_frames_folder` if given, and save it (safetensors); `unfitted_unet_output_dir` also gets the pipeline as it was
     before the UNet fit (the fitted VAE, the random UNet)."""
-    pipeline = build_tiny_svd_pipeline(seed)
+    pipeline = build_tiny_svd_pipeline(seed, vae_block_out_channels)
     if unet_fitting is None and unfitted_unet_output_dir is not None:
         raise ValueError("--unfitted_unet_output_dir: needs --fit_unet_steps (without it the saved UNet is the unfitted one)")
     if unet_fitting is not None and vae_frames_folder is None:
@@ -161,6 +167,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Save a tiny random Stable Video Diffusion pipeline, its VAE (and UNet) optionally fitted to frames.")
     parser.add_argument("--output_dir", required=True, help="Folder to save the pipeline to.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights (and of the fits).")
+    parser.add_argument("--vae_block_out_channels", type=int, nargs="+", default=list(VAE_BLOCK_OUT_CHANNELS),
+                        help="Widths of the VAE's blocks, multiples of 32; each block after the first halves the size (32: one block, no downsampling).")
     add_vae_fitting_args(parser, "Fit the VAE to the frames under this folder first (every folder of frame images in it, as prepare_dataset.py writes).", VAE_FIT_DEFAULTS)
     add_fit_settings_args(parser.add_argument_group("fitting the UNet (optional, after the VAE)"), "unet", UNET_FIT_DEFAULTS,
                           steps_help="Then fit the whole UNet to the --fit_vae_frames frames as still images for this many Adam steps "
@@ -170,7 +178,12 @@ def main(argv=None):
                         help="Also save the pipeline as it is before the UNet fit (the fitted VAE, the random UNet) to this folder: the untrained row to compare with.")
     args = parser.parse_args(argv)
     unet_fitting = fit_settings(args, "unet") if args.fit_unet_steps != 0 else None
-    print(save_tiny_svd_pipeline(args.output_dir, args.seed, args.fit_vae_frames, fit_settings(args), unet_fitting, args.unfitted_unet_output_dir))
+    # SVD's temporal VAE normalises every block in 32 groups.
+    if any(width < 1 or width % 32 for width in args.vae_block_out_channels):
+        raise ValueError(f"--vae_block_out_channels: each width must be a positive multiple of 32 (the VAE's 32 norm groups), got "
+                         f"{' '.join(map(str, args.vae_block_out_channels))}")
+    print(save_tiny_svd_pipeline(args.output_dir, args.seed, args.fit_vae_frames, fit_settings(args), unet_fitting, args.unfitted_unet_output_dir,
+                                 args.vae_block_out_channels))
 
 
 if __name__ == "__main__":

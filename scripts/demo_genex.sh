@@ -14,29 +14,32 @@ python -m genex.synthetic --output_dir "$OUT/genex_db_clone" --layout parquet --
 
 echo "== prepare_dataset.py"
 python prepare_dataset.py --dataset_path "$OUT/genex_db_clone" --output_dir "$OUT/Genex-DB" \
-  --scene_types realistic low_texture anime real_world --frames_per_video 16 --num_workers 2 --image_size 64 32
+  --scene_types realistic low_texture anime real_world --frames_per_video 16 --num_workers 2 --image_size 32 16
 
 echo "== a pretraining set for the tiny base model: forward walks through 64 other synthetic rooms (the stand-in for SVD's own training data)"
 python -m genex.synthetic --output_dir "$OUT/pretraining_clone" --layout folder --videos_per_scene 16 \
   --num_frames 8 --width 64 --height 32 --seed 2
 python prepare_dataset.py --dataset_path "$OUT/pretraining_clone" --output_dir "$OUT/pretraining_frames" \
-  --scene_types realistic low_texture anime real_world --frames_per_video 8 --num_workers 2 --image_size 64 32 --quiet
+  --scene_types realistic low_texture anime real_world --frames_per_video 8 --num_workers 2 --image_size 32 16 --quiet
 
-echo "== tiny SVD base model: its VAE fitted to the pretraining frames (a random VAE decodes only noise), then its whole UNet"
+echo "== tiny SVD base model: its one-block VAE fitted to the pretraining frames (a random VAE decodes only noise), then its whole UNet"
 echo "   to them as still images (a random UNet ignores its conditioning image; this base keeps it, and does not walk)"
-python -m genex.tiny --output_dir "$OUT/tiny_svd" --fit_vae_frames "$OUT/pretraining_frames" --fit_vae_steps 300 --fit_unet_steps 80 \
+# One VAE block (no downsampling) at 32x16: the latents are 32x16 as with a two-block VAE at 64x32, so the UNet costs the same,
+# and the one-block VAE learns these frames' colours in a minute where the two-block one stays grey.
+python -m genex.tiny --output_dir "$OUT/tiny_svd" --vae_block_out_channels 32 --fit_vae_frames "$OUT/pretraining_frames" \
+  --fit_vae_steps 900 --fit_unet_steps 80 \
   --unfitted_unet_output_dir "$OUT/tiny_svd_unfitted_unet"
 
 echo "== python -m genex.cache_latents (VAE posteriors and CLIP embeddings of every frame)"
 python -m genex.cache_latents --pretrained_model_name_or_path="$OUT/tiny_svd" --base_folder="$OUT/Genex-DB" \
-  --cache_dir="$OUT/latent_cache" --width=64 --height=32
+  --cache_dir="$OUT/latent_cache" --width=32 --height=16
 
 echo "== train_world_explorer.py (40 steps from the cached latents, SCL at a constant weight 0.1, checkpoint at step 20, validation at the end;"
 echo "   --overwrite_output_dir: a rerun of the demo replaces its earlier run in $OUT/genex_explorer)"
 # A constant SCL weight: in 40 steps the released schedule would weight the EDM term by 0 from step 20 on.
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_world_explorer.py \
   --base_folder="$OUT/Genex-DB" --pretrained_model_name_or_path="$OUT/tiny_svd" \
-  --num_frames=8 --width=64 --height=32 --output_dir="$OUT/genex_explorer" \
+  --num_frames=8 --width=32 --height=16 --output_dir="$OUT/genex_explorer" \
   --per_gpu_batch_size=1 --gradient_accumulation_steps=1 --max_train_steps=40 \
   --checkpointing_steps=20 --checkpoints_total_limit=1 --learning_rate=1e-3 --lr_warmup_steps=0 \
   --seed=123 --validation_steps=40 --report_to=tensorboard --lr_scheduler=constant \
@@ -47,20 +50,20 @@ accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dyna
 echo "== sample_world_explorer.py"
 panorama=$(ls "$OUT"/genex_db_clone/validation_panoramas/*.png | head -n 1)
 python sample_world_explorer.py --model_dir "$OUT/genex_explorer" --panorama "$panorama" \
-  --output "$OUT/exploration.mp4" --num_inference_steps 8 --yaw 90   # 64x32, 8 frames: what the model was trained at
+  --output "$OUT/exploration.mp4" --num_inference_steps 8 --yaw 90   # 32x16, 8 frames: what the model was trained at
 
 echo "GenEx-Explorer outputs: frames $OUT/Genex-DB, model $OUT/genex_explorer (checkpoints, validation/, logs/),"
 echo "  generated video $OUT/exploration.mp4"
 
-echo "== evaluate_world_explorer.py (2 held-out synthetic videos at the trained 64x32 and 8 frames, 4 sampling steps; base = the tiny base model before fine-tuning)"
+echo "== evaluate_world_explorer.py (2 held-out synthetic videos at the trained 32x16 and 8 frames, 4 sampling steps; base = the tiny base model before fine-tuning)"
 python -m genex.synthetic --output_dir "$OUT/heldout_clone" --layout folder --scene_types realistic anime \
   --videos_per_scene 1 --num_frames 8 --width 64 --height 32 --seed 1
 python prepare_dataset.py --dataset_path "$OUT/heldout_clone" --output_dir "$OUT/Genex-DB-heldout" \
-  --scene_types realistic anime --frames_per_video 8 --num_workers 1 --image_size 64 32 --quiet
+  --scene_types realistic anime --frames_per_video 8 --num_workers 1 --image_size 32 16 --quiet
 # One OpenMP thread: tiny models on a small shared CPU run several times faster than with two threads spinning.
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MODEL_DIR="$OUT/genex_explorer" BASE_MODEL_DIR="$OUT/tiny_svd" BASE_FOLDER="$OUT/Genex-DB-heldout" \
 OUTPUT_DIR="$OUT/evaluation" NUM_INFERENCE_STEPS=4 OVERWRITE_OUTPUT_DIR=1 bash scripts/evaluate_world_explorer.sh
 echo "== evaluate_world_explorer.py once more on the tiny pipeline with a random UNet (the same fitted VAE): the untrained row"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MODEL_DIR="$OUT/tiny_svd_unfitted_unet" BASE_FOLDER="$OUT/Genex-DB-heldout" \
-OUTPUT_DIR="$OUT/evaluation_untrained" NUM_INFERENCE_STEPS=4 NUM_FRAMES=8 WIDTH=64 HEIGHT=32 OVERWRITE_OUTPUT_DIR=1 bash scripts/evaluate_world_explorer.sh
+OUTPUT_DIR="$OUT/evaluation_untrained" NUM_INFERENCE_STEPS=4 NUM_FRAMES=8 WIDTH=32 HEIGHT=16 OVERWRITE_OUTPUT_DIR=1 bash scripts/evaluate_world_explorer.sh
 echo "GenEx-Explorer evaluation (tiny models on synthetic data): $OUT/evaluation (results.md, curves.png, videos/)"

@@ -51,3 +51,30 @@ def test_temporal_blocks_are_a_proper_subset_of_the_unet():
     temporal = sum(p.numel() for name, p in unet.named_parameters() if "temporal_transformer_block" in name)
     assert 0 < temporal < total
     assert unet.config.in_channels == 8 and unet.config.out_channels == 4
+
+
+def test_a_one_block_vae_does_not_downsample_and_the_folder_generates_at_32x16(tmp_path):
+    """The demo's --vae_block_out_channels 32: latents the size of the frames, so a 32x16 video has the UNet's 32x16 latents."""
+    from genex.models import resolution_multiple
+    from genex.tiny import main
+
+    main(["--output_dir", str(tmp_path / "svd"), "--vae_block_out_channels", "32"])
+    pipe = StableVideoDiffusionPipeline.from_pretrained(tmp_path / "svd")
+    assert tuple(pipe.vae.config.block_out_channels) == (32,) and resolution_multiple(pipe.vae, pipe.unet) == 8
+    pixels = torch.zeros(1, 3, 16, 32)
+    assert pipe.vae.encode(pixels).latent_dist.mode().shape == (1, 4, 16, 32)
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 32, 3), dtype=np.uint8))
+    frames = pipe(image, height=16, width=32, num_frames=2, num_inference_steps=1, decode_chunk_size=2,
+                  generator=torch.Generator().manual_seed(0), output_type="np").frames
+    assert frames.shape == (1, 2, 16, 32, 3) and np.isfinite(frames).all()
+
+
+def test_vae_widths_that_the_norm_groups_cannot_split_are_one_error_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "genex.tiny", "--output_dir", str(tmp_path / "svd"), "--vae_block_out_channels", "16", "32"],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    # The last line: without torchvision, transformers warns about CLIPImageProcessor's backend first.
+    assert result.stderr.strip().splitlines()[-1] == ("error: --vae_block_out_channels: each width must be a positive multiple of 32 (the VAE's 32 norm groups), "
+                                     "got 16 32")
+    assert not (tmp_path / "svd").exists()
