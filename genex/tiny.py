@@ -53,7 +53,7 @@ SVD_SCHEDULER_CONFIG = dict(
 VAE_BLOCK_OUT_CHANNELS = (32, 64)
 # The temporal decoder is fitted on runs of this many consecutive frames, so it learns to decode them together.
 VAE_FIT_FRAMES_PER_CLIP = 4
-# Two clips of four frames per step; on the demo's 64x32 frames (2 CPU cores) about a minute.
+# Two clips of four frames per step.
 VAE_FIT_DEFAULTS = FitSettings(steps=120, batch_size=2)
 # Eight still images per step; --fit_unet_steps 0 (the default) leaves the UNet random.
 UNET_FIT_DEFAULTS = FitSettings(steps=0, learning_rate=2e-3, batch_size=8)
@@ -142,6 +142,10 @@ def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optiona
     """Build the tiny pipeline, fit its VAE (then, with `unet_fitting`, its whole UNet) to the frame folders under
     `vae_frames_folder` if given, and save it (safetensors); `unfitted_unet_output_dir` also gets the pipeline as it was
     before the UNet fit (the fitted VAE, the random UNet)."""
+    # SVD's temporal VAE normalises every block in 32 groups.
+    if any(width < 1 or width % 32 for width in vae_block_out_channels):
+        raise ValueError(f"--vae_block_out_channels: each width must be a positive multiple of 32 (the VAE's 32 norm groups), got "
+                         f"{' '.join(map(str, vae_block_out_channels))}")
     pipeline = build_tiny_svd_pipeline(seed, vae_block_out_channels)
     if unet_fitting is None and unfitted_unet_output_dir is not None:
         raise ValueError("--unfitted_unet_output_dir: needs --fit_unet_steps (without it the saved UNet is the unfitted one)")
@@ -178,10 +182,6 @@ def main(argv=None):
                         help="Also save the pipeline as it is before the UNet fit (the fitted VAE, the random UNet) to this folder: the untrained row to compare with.")
     args = parser.parse_args(argv)
     unet_fitting = fit_settings(args, "unet") if args.fit_unet_steps != 0 else None
-    # SVD's temporal VAE normalises every block in 32 groups.
-    if any(width < 1 or width % 32 for width in args.vae_block_out_channels):
-        raise ValueError(f"--vae_block_out_channels: each width must be a positive multiple of 32 (the VAE's 32 norm groups), got "
-                         f"{' '.join(map(str, args.vae_block_out_channels))}")
     print(save_tiny_svd_pipeline(args.output_dir, args.seed, args.fit_vae_frames, fit_settings(args), unet_fitting, args.unfitted_unet_output_dir,
                                  args.vae_block_out_channels))
 

@@ -10,7 +10,8 @@ from diffusers import StableVideoDiffusionPipeline
 from PIL import Image
 
 from conftest import REPO_ROOT
-from genex.tiny import build_tiny_svd_pipeline
+from genex.models import resolution_multiple
+from genex.tiny import build_tiny_svd_pipeline, main
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,6 @@ def test_temporal_blocks_are_a_proper_subset_of_the_unet():
 
 def test_a_one_block_vae_does_not_downsample_and_the_folder_generates_at_32x16(tmp_path):
     """The demo's --vae_block_out_channels 32: latents the size of the frames, so a 32x16 video has the UNet's 32x16 latents."""
-    from genex.models import resolution_multiple
-    from genex.tiny import main
-
     main(["--output_dir", str(tmp_path / "svd"), "--vae_block_out_channels", "32"])
     pipe = StableVideoDiffusionPipeline.from_pretrained(tmp_path / "svd")
     assert tuple(pipe.vae.config.block_out_channels) == (32,) and resolution_multiple(pipe.vae, pipe.unet) == 8
