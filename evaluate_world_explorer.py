@@ -13,7 +13,7 @@ hidden folder beside it and renamed when complete; an earlier run there is repla
 
     results.json   settings, overall / per_scene / per_video / loop results, per-frame curves, skipped folders
     results.md     the tables printed at the end
-    curves.png     PSNR and SSIM (and LPIPS) against the frame index, one line per row
+    curves.png     PSNR, SSIM (and LPIPS) and motion against the frame index, one line per row
     videos/<scene>__<video>.mp4   [ground truth | model | base | copy] side by side
 """
 

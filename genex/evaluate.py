@@ -5,8 +5,11 @@ Rows, on the same videos: `model` (the pipeline under test), `base` (a second pi
 SVD, when given), `copy` (frame 1 for every frame: a model that does not move, the bar to beat) and `vae`
 (frames 1..F through the model's VAE: the ceiling of any generation through that VAE). PSNR, SSIM and
 LPIPS per frame, averaged over frames 2..F of a video (frame 1 is the input), then over videos, per
-scene type and overall; FVD over all videos. Loop consistency: forward F frames, turn 180 degrees,
-forward F frames, turn back; the last frame against frame 1.
+scene type and overall; FVD over all videos. Motion: how far each frame of a row is from the row's own
+frame 1 (copy's is 0, vae's the ground truth's own motion as its VAE shows it): whether a row moves as
+much as the scene does, which PSNR against the truth cannot tell from hedging (grain that changes from
+frame to frame counts too: the side-by-side videos tell the two apart). Loop consistency: forward F
+frames, turn 180 degrees, forward F frames, turn back; the last frame against frame 1.
 """
 
 import io
@@ -29,11 +32,11 @@ from genex.generate import explore_path
 from genex.spherical import rotate_yaw, scl_encode
 
 GENERATED_ROWS = ("model", "base")
-FRAME_METRICS = ("psnr", "ssim", "lpips")
+FRAME_METRICS = ("psnr", "ssim", "lpips", "motion")
 LOOP_METRICS = ("psnr", "ssim", "lpips", "latent_mse")
 LOOP_TURN = 180.0
-METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "fvd": "FVD", "latent_mse": "latent MSE"}
-DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3, "fvd": 1, "latent_mse": 4}
+METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "motion": "motion", "fvd": "FVD", "latent_mse": "latent MSE"}
+DECIMALS = {"psnr": 2, "ssim": 3, "lpips": 3, "motion": 1, "fvd": 1, "latent_mse": 4}
 
 
 @dataclass(frozen=True)
@@ -111,11 +114,18 @@ def copy_video(clip: np.ndarray) -> np.ndarray:
     return np.repeat(clip[:1], len(clip), axis=0)
 
 
+def motion_from_first_frame(video: np.ndarray) -> list[float]:
+    """Mean absolute difference of every frame of a uint8 video [F,H,W,3] from its frame 1, in 0-255 levels."""
+    frames = video.astype(np.float64)
+    return [float(np.abs(frame - frames[0]).mean()) for frame in frames]
+
+
 def frame_scores(video: np.ndarray, real: np.ndarray, lpips_scorer=None) -> dict[str, list[float]]:
-    """PSNR, SSIM (and LPIPS) of every frame of `video` against the same frame of `real`."""
+    """PSNR, SSIM (and LPIPS) of every frame of `video` against the same frame of `real`, and its motion from its own frame 1."""
     scores = {"psnr": [psnr(v, r) for v, r in zip(video, real)], "ssim": [ssim(v, r) for v, r in zip(video, real)]}
     if lpips_scorer is not None:
         scores["lpips"] = [lpips_scorer(v, r) for v, r in zip(video, real)]
+    scores["motion"] = motion_from_first_frame(video)
     return scores
 
 
@@ -208,9 +218,10 @@ def metric_cells(entry: dict, metrics) -> list[str]:
 def results_markdown(results: dict) -> str:
     """The tables of results.md: overall, per scene type, loop consistency, then what was skipped or not computed."""
     settings, rows = results["settings"], results["rows"]
-    frame_metrics = ["psnr", "ssim"] + (["lpips"] if results["lpips"]["computed"] else [])
+    scored_metrics = ["psnr", "ssim"] + (["lpips"] if results["lpips"]["computed"] else [])
+    frame_metrics = scored_metrics + ["motion"]
     overall_metrics = frame_metrics + (["fvd"] if results["fvd"]["computed"] else [])
-    loop_metrics = frame_metrics + ["latent_mse"]
+    loop_metrics = scored_metrics + ["latent_mse"]
     num_videos = results["overall"][rows[0]]["count"]
     lines = [
         f"# GenEx-Explorer evaluation of {settings['model_dir']}",
@@ -221,7 +232,9 @@ def results_markdown(results: dict) -> str:
         "Rows: model = the pipeline above; " + ("base = the base pipeline; " if "base" in rows else "")
         + "copy = frame 1 for every frame (a model that does not move: the bar to beat); vae = the ground truth through the model's VAE "
         "(posterior mode, decoded): the ceiling of any generation through that VAE. PSNR in dB and SSIM: higher is better, mean over "
-        "frames 2..F of a video, then over videos; LPIPS and FVD: lower is better.",
+        "frames 2..F of a video, then over videos; LPIPS and FVD: lower is better. motion: mean absolute change of a frame from the row's "
+        "own frame 1 (0-255), over frames 2..F: copy's is 0, vae's is the ground truth's own motion; a row that walks moves about as much as vae "
+        "(grain that changes from frame to frame counts too: videos/ shows which it is).",
         "",
         "## Overall",
         "",

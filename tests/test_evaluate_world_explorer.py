@@ -123,7 +123,8 @@ def test_writes_every_output(wrapper_run):
     with Image.open(out / "curves.png") as curves:
         assert curves.format == "PNG" and curves.size[0] > 400
     markdown = (out / "results.md").read_text()
-    for line in ("| row | n | PSNR | SSIM |", "| scene | row | n | PSNR | SSIM |", "| row | n | PSNR | SSIM | latent MSE |", "LPIPS not computed", "FVD not computed"):
+    for line in ("| row | n | PSNR | SSIM | motion |", "| scene | row | n | PSNR | SSIM | motion |", "| row | n | PSNR | SSIM | latent MSE |",
+                 "LPIPS not computed", "FVD not computed"):
         assert line in markdown
     assert markdown.strip() in wrapper_run.stdout
 
@@ -154,6 +155,17 @@ def test_copy_row_equals_scikit_image_on_the_frame_files(wrapper_run, held_out):
     assert curve[0] is None and results["curves"]["copy"]["ssim"][0] == pytest.approx(1.0)
     last = [peak_signal_noise_ratio(read_frames(held_out, f)[-1], read_frames(held_out, f)[0], data_range=255) for f in SCORED]
     assert curve[-1] == pytest.approx(np.mean(last), rel=1e-9)
+    # Copy does not move: its motion from its own frame 1 is 0 for every frame.
+    assert results["overall"]["copy"]["motion"] == 0 and set(results["curves"]["copy"]["motion"]) == {0.0}
+
+
+def test_motion_is_the_mean_absolute_change_from_frame_1_in_pixel_levels():
+    video = np.zeros((3, 2, 2, 3), np.uint8)
+    video[1, 0, 0] = 200  # 3 of 12 values change by 200: mean 50
+    video[2] = 10
+    assert evaluate.motion_from_first_frame(video) == [0.0, 50.0, 10.0]
+    # uint8 arithmetic would wrap 0 - 10 to 246: the difference is taken in floats.
+    assert evaluate.motion_from_first_frame(video[::-1]) == [0.0, pytest.approx(190 * 3 / 12 + 10 * 9 / 12), 10.0]
 
 
 def test_vae_row_equals_an_encode_decode_through_the_models_vae(wrapper_run, held_out, models):
@@ -170,6 +182,9 @@ def test_vae_row_equals_an_encode_decode_through_the_models_vae(wrapper_run, hel
         # The run was another process (other thread counts, other float sums): a pixel may round the other way.
         expected_psnr, expected_ssim = skimage_mean(reconstruction, real)
         assert video["vae_psnr"] == pytest.approx(expected_psnr, abs=1e-3) and video["vae_ssim"] == pytest.approx(expected_ssim, abs=1e-4)
+        # Its motion: frames 2..F of the reconstruction against its own frame 1.
+        expected_motion = np.mean([np.abs(frame.astype(float) - reconstruction[0]).mean() for frame in reconstruction[1:]])
+        assert video["vae_motion"] == pytest.approx(expected_motion, abs=0.05)
 
 
 def test_short_and_broken_folders_are_skipped_and_named(wrapper_run):
@@ -229,7 +244,7 @@ def test_fvd_from_the_i3d_file_and_a_rerun_refused_then_replaced(models, held_ou
     real = np.array([read_frames(held_out, f).mean() for f in SCORED])
     copy = np.array([read_frames(held_out, f)[0].mean() for f in SCORED])
     assert results["overall"]["copy"]["fvd"] == pytest.approx((copy.mean() - real.mean()) ** 2 + (copy.std() - real.std()) ** 2, rel=1e-6)
-    assert results["overall"]["model"]["fvd"] > 0 and "| row | n | PSNR | SSIM | FVD |" in (output / "results.md").read_text()
+    assert results["overall"]["model"]["fvd"] > 0 and "| row | n | PSNR | SSIM | motion | FVD |" in (output / "results.md").read_text()
 
     before = {path.relative_to(output): path.read_bytes() for path in output.rglob("*") if path.is_file()}
     message = run_expecting_error(flags(models, held_out, output, base=False), capsys)
