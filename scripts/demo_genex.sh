@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_DIR:-demo_output}/genex
+# Fine-tuning steps: 40 fit the demo's 6 minutes on 2 CPU cores; GENEX_TRAIN_STEPS=1200 is the longer run the README reports.
+TRAIN_STEPS=${GENEX_TRAIN_STEPS:-40}
+[[ $TRAIN_STEPS =~ ^[1-9][0-9]*$ ]] || { echo "error: GENEX_TRAIN_STEPS=$TRAIN_STEPS: give a positive whole number of fine-tuning steps" >&2; exit 2; }
 export HF_HUB_OFFLINE=1
 
 echo "== GenEx-Explorer: synthetic Genex-DB in $OUT"
@@ -34,15 +37,15 @@ echo "== python -m genex.cache_latents (VAE posteriors and CLIP embeddings of ev
 python -m genex.cache_latents --pretrained_model_name_or_path="$OUT/tiny_svd" --base_folder="$OUT/Genex-DB" \
   --cache_dir="$OUT/latent_cache" --width=32 --height=16
 
-echo "== train_world_explorer.py (40 steps from the cached latents, SCL at a constant weight 0.1, checkpoint at step 20, validation at the end;"
+echo "== train_world_explorer.py ($TRAIN_STEPS steps from the cached latents, SCL at a constant weight 0.1, checkpoint halfway, validation at the end;"
 echo "   --overwrite_output_dir: a rerun of the demo replaces its earlier run in $OUT/genex_explorer)"
-# A constant SCL weight: in 40 steps the released schedule would weight the EDM term by 0 from step 20 on.
+# A constant SCL weight: the released schedule would weight the EDM term by 0 from halfway on.
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_world_explorer.py \
   --base_folder="$OUT/Genex-DB" --pretrained_model_name_or_path="$OUT/tiny_svd" \
   --num_frames=8 --width=32 --height=16 --output_dir="$OUT/genex_explorer" \
-  --per_gpu_batch_size=1 --gradient_accumulation_steps=1 --max_train_steps=40 \
-  --checkpointing_steps=20 --checkpoints_total_limit=1 --learning_rate=1e-3 --lr_warmup_steps=0 \
-  --seed=123 --validation_steps=40 --report_to=tensorboard --lr_scheduler=constant \
+  --per_gpu_batch_size=1 --gradient_accumulation_steps=1 --max_train_steps="$TRAIN_STEPS" \
+  --checkpointing_steps=$(( (TRAIN_STEPS + 1) / 2 )) --checkpoints_total_limit=1 --learning_rate=1e-3 --lr_warmup_steps=0 \
+  --seed=123 --validation_steps="$TRAIN_STEPS" --report_to=tensorboard --lr_scheduler=constant \
   --num_validation_images=1 --validation_images_folder="$OUT/genex_db_clone/validation_panoramas" \
   --validation_num_inference_steps=8 --scl_loss --num_scl_samples=1 --scl_beta=0.1 --num_workers=0 \
   --latents_cache_dir="$OUT/latent_cache" --overwrite_output_dir

@@ -76,3 +76,13 @@ def test_vae_widths_that_the_norm_groups_cannot_split_are_one_error_line(tmp_pat
     assert result.stderr.strip().splitlines()[-1] == ("error: --vae_block_out_channels: each width must be a positive multiple of 32 (the VAE's 32 norm groups), "
                                      "got 16 32")
     assert not (tmp_path / "svd").exists()
+
+
+@pytest.mark.parametrize("steps", ["12O", "0", "-5", "1e3"])
+def test_demo_refuses_a_bad_step_count_before_it_writes_anything(tmp_path, steps):
+    """GENEX_TRAIN_STEPS is checked first: a typo costs no data preparation or fitting, and leaves no folder."""
+    environment = {"PATH": "/usr/bin:/bin", "DEMO_DIR": str(tmp_path / "demo"), "GENEX_TRAIN_STEPS": steps}
+    result = subprocess.run(["bash", "scripts/demo_genex.sh"], cwd=REPO_ROOT, env=environment, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: GENEX_TRAIN_STEPS={steps}: give a positive whole number of fine-tuning steps"]
+    assert not (tmp_path / "demo").exists()
