@@ -9,8 +9,9 @@ is decoded through it looks like them. With `--fit_unet_steps` too, the whole UN
 same frames as still images (each frame conditioning its own generation, SVD's EDM loss on one-frame
 clips): a stand-in for SVD's pretraining, so that the base model keeps its conditioning image and what
 fine-tuning the temporal blocks adds (the forward walk) can be seen. That is the demo's base model.
+`--fit_unet_frames_per_clip 8` fits it to 8-frame runs of the same videos instead: a base that has seen them move.
 
-    python -m genex.tiny --output_dir /tmp/tiny-svd [--seed 0] [--vae_block_out_channels 32] [--fit_vae_frames ./frames [--fit_unet_steps 100]]
+    python -m genex.tiny --output_dir /tmp/tiny-svd [--seed 0] [--vae_block_out_channels 32] [--fit_vae_frames ./frames [--fit_unet_steps 100 [--fit_unet_frames_per_clip 1]]]
 """
 
 import argparse
@@ -108,18 +109,18 @@ def build_tiny_svd_pipeline(seed: int = 0, vae_block_out_channels: Sequence[int]
     )
 
 
-def fit_unet_to_still_frames(pipeline: StableVideoDiffusionPipeline, frames: torch.Tensor, settings: FitSettings) -> list[float]:
-    """Fit the whole UNet in place to uint8 one-frame clips [N, 1, 3, H, W], each the conditioning image of its own
-    generation, with the EDM loss of training (genex.step, conditioning dropout included) through the pipeline's VAE;
+def fit_unet_to_clips(pipeline: StableVideoDiffusionPipeline, clips: torch.Tensor, settings: FitSettings) -> list[float]:
+    """Fit the whole UNet in place to uint8 clips [N, F, 3, H, W] (F = 1: still images), each conditioned on its first
+    frame, with the EDM loss of training (genex.step, conditioning dropout included) through the pipeline's VAE;
     returns the loss of every step."""
     encoders = Encoders(pipeline.vae, pipeline.image_encoder, pipeline.feature_extractor)
-    objective = Objective(num_frames=1)
+    objective = Objective(num_frames=clips.shape[1])
 
     def batch_loss(indices, generator):
-        prediction = predict({"pixel_values": frames[indices]}, pipeline.unet, encoders, objective, generator, torch.float32)
+        prediction = predict({"pixel_values": clips[indices]}, pipeline.unet, encoders, objective, generator, torch.float32)
         return loss_of(prediction, encoders.vae, objective, generator, 0, settings.steps)[0]
 
-    return fit_module(pipeline.unet, batch_loss, len(frames), settings, "fitting the UNet")
+    return fit_module(pipeline.unet, batch_loss, len(clips), settings, "fitting the UNet")
 
 
 def mean_of_tenth(losses: list, last: bool) -> float:
@@ -138,10 +139,10 @@ def save_pipeline(pipeline: StableVideoDiffusionPipeline, output_dir) -> Path:
 
 def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optional[str] = None, fitting: FitSettings = VAE_FIT_DEFAULTS,
                            unet_fitting: Optional[FitSettings] = None, unfitted_unet_output_dir=None,
-                           vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS) -> Path:
-    """Build the tiny pipeline, fit its VAE (then, with `unet_fitting`, its whole UNet) to the frame folders under
-    `vae_frames_folder` if given, and save it (safetensors); `unfitted_unet_output_dir` also gets the pipeline as it was
-    before the UNet fit (the fitted VAE, the random UNet)."""
+                           vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS, unet_frames_per_clip: int = 1) -> Path:
+    """Build the tiny pipeline, fit its VAE (then, with `unet_fitting`, its whole UNet, to runs of `unet_frames_per_clip`
+    frames) to the frame folders under `vae_frames_folder` if given, and save it (safetensors); `unfitted_unet_output_dir`
+    also gets the pipeline as it was before the UNet fit (the fitted VAE, the random UNet)."""
     # SVD's temporal VAE normalises every block in 32 groups.
     if any(width < 1 or width % 32 for width in vae_block_out_channels):
         raise ValueError(f"--vae_block_out_channels: each width must be a positive multiple of 32 (the VAE's 32 norm groups), got "
@@ -151,18 +152,28 @@ def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optiona
         raise ValueError("--unfitted_unet_output_dir: needs --fit_unet_steps (without it the saved UNet is the unfitted one)")
     if unet_fitting is not None and vae_frames_folder is None:
         raise ValueError("--fit_unet_steps: needs --fit_vae_frames (the UNet is fitted to those frames, through the fitted VAE)")
+    if unet_frames_per_clip < 1:
+        raise ValueError(f"--fit_unet_frames_per_clip: must be at least 1 (1: still images), got {unet_frames_per_clip}")
+    if unet_fitting is None and unet_frames_per_clip != 1:
+        raise ValueError("--fit_unet_frames_per_clip: needs --fit_unet_steps (it sets the clips of the UNet fit)")
     if vae_frames_folder is not None:
         if not Path(vae_frames_folder).is_dir():
             raise ValueError(f"{vae_frames_folder}: no such folder of frames to fit the VAE to")
         videos = list(find_frame_folders(vae_frames_folder).values())
         if not videos:
             raise ValueError(f"{vae_frames_folder}: no folder of frame images under it to fit the VAE to")
+        # Checked before the VAE fit, so a clip longer than every video costs no fitting time.
+        if unet_fitting is not None and max(map(len, videos)) < unet_frames_per_clip:
+            raise ValueError(f"--fit_unet_frames_per_clip {unet_frames_per_clip}: no video under {vae_frames_folder} has that many frames "
+                             f"(the longest has {max(map(len, videos))})")
         print(fit_vae_to_videos(pipeline.vae, videos, VAE_FIT_FRAMES_PER_CLIP, fitting, source=vae_frames_folder).summary())
         if unfitted_unet_output_dir is not None:
             print(f"Before the UNet fit: {save_pipeline(pipeline, unfitted_unet_output_dir)}")
         if unet_fitting is not None:
-            losses = fit_unet_to_still_frames(pipeline, read_clips(videos, 1, vae_frames_folder), unet_fitting)
-            print(f"UNet fitted to the {sum(map(len, videos))} frames as still images in {len(losses)} steps: EDM loss "
+            clips = read_clips(videos, unet_frames_per_clip, vae_frames_folder)
+            shown_as = "still images" if unet_frames_per_clip == 1 else f"{len(clips)} clips of {unet_frames_per_clip} frames"
+            losses = fit_unet_to_clips(pipeline, clips, unet_fitting)
+            print(f"UNet fitted to the {clips.shape[0] * clips.shape[1]} frames as {shown_as} in {len(losses)} steps: EDM loss "
                   f"{mean_of_tenth(losses, last=False):.4f} -> {mean_of_tenth(losses, last=True):.4f} (means of the first and last tenth of the steps)")
     return save_pipeline(pipeline, output_dir)
 
@@ -177,13 +188,16 @@ def main(argv=None):
     add_fit_settings_args(parser.add_argument_group("fitting the UNet (optional, after the VAE)"), "unet", UNET_FIT_DEFAULTS,
                           steps_help="Then fit the whole UNet to the --fit_vae_frames frames as still images for this many Adam steps "
                                      "(a stand-in for SVD's pretraining: the base then keeps its conditioning image); 0: the UNet stays random.",
-                          batch_help="Still images per fitting step.")
+                          batch_help="Clips (still images by default) per fitting step.")
+    parser.add_argument("--fit_unet_frames_per_clip", type=int, default=1,
+                        help="Frames per clip of the UNet fit: 1 fits it to still images (the demo's base, which does not walk); "
+                             "8 fits it to 8-frame runs of the videos, conditioned on each run's first frame (a base that has seen them move).")
     parser.add_argument("--unfitted_unet_output_dir", type=str, default=None,
                         help="Also save the pipeline as it is before the UNet fit (the fitted VAE, the random UNet) to this folder: the untrained row to compare with.")
     args = parser.parse_args(argv)
     unet_fitting = fit_settings(args, "unet") if args.fit_unet_steps != 0 else None
     print(save_tiny_svd_pipeline(args.output_dir, args.seed, args.fit_vae_frames, fit_settings(args), unet_fitting, args.unfitted_unet_output_dir,
-                                 args.vae_block_out_channels))
+                                 args.vae_block_out_channels, args.fit_unet_frames_per_clip))
 
 
 if __name__ == "__main__":

@@ -135,13 +135,13 @@ def still_frame_loss(pipeline, frames, seed=1):
         return float(loss_of(prediction, encoders.vae, objective, generator, 0, 1)[0])
 
 
-def test_fit_unet_to_still_frames_lowers_the_loss_and_leaves_the_vae(tmp_path):
+def test_fit_unet_to_clips_of_still_frames_lowers_the_loss_and_leaves_the_vae(tmp_path):
     frames = read_clips(frames_of(write_videos(tmp_path, num_frames=4)), 1)
     pipeline = genex_tiny.build_tiny_svd_pipeline(seed=0)
     vae_before = {name: value.clone() for name, value in pipeline.vae.state_dict().items()}
     unet_before = {name: value.clone() for name, value in pipeline.unet.state_dict().items()}
     before = still_frame_loss(pipeline, frames)
-    losses = genex_tiny.fit_unet_to_still_frames(pipeline, frames, FitSettings(steps=20, learning_rate=3e-3, batch_size=4))
+    losses = genex_tiny.fit_unet_to_clips(pipeline, frames, FitSettings(steps=20, learning_rate=3e-3, batch_size=4))
     assert len(losses) == 20
     assert still_frame_loss(pipeline, frames) < 0.7 * before
     assert all(torch.equal(value, vae_before[name]) for name, value in pipeline.vae.state_dict().items())
@@ -168,9 +168,34 @@ def test_genex_tiny_fits_the_unet_after_the_vae_and_the_folder_loads(tmp_path, c
     assert unfitted.vae.config.scaling_factor == pipeline.vae.config.scaling_factor
 
 
+def test_genex_tiny_fits_the_unet_to_runs_of_frames_conditioned_on_their_first(tmp_path, capsys):
+    write_videos(tmp_path / "frames" / "realistic", num_frames=4)
+    genex_tiny.main(["--output_dir", str(tmp_path / "svd"), "--fit_vae_frames", str(tmp_path / "frames"), "--fit_vae_steps", "2",
+                     "--fit_unet_steps", "3", "--fit_unet_batch_size", "2", "--fit_unet_frames_per_clip", "2"])
+    # Two videos of 4 frames: 4 runs of 2 frames, each an EDM training clip of its own.
+    assert "UNet fitted to the 8 frames as 4 clips of 2 frames in 3 steps" in capsys.readouterr().out
+    fitted = StableVideoDiffusionPipeline.from_pretrained(tmp_path / "svd").unet.state_dict()
+    fresh_unet = genex_tiny.build_tiny_svd_pipeline(seed=0).unet.state_dict()
+    assert not torch.equal(fitted["conv_in.weight"], fresh_unet["conv_in.weight"])
+
+
+def test_a_unet_clip_longer_than_every_video_is_refused_before_the_vae_fit(tmp_path, capsys):
+    write_videos(tmp_path / "frames" / "realistic", num_frames=4)
+    argv = ["--output_dir", str(tmp_path / "svd"), "--fit_vae_frames", str(tmp_path / "frames"), "--fit_unet_steps", "3", "--fit_unet_frames_per_clip", "5"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: genex_tiny.main(argv))
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"error: --fit_unet_frames_per_clip 5: no video under {tmp_path / 'frames'} has that many frames (the longest has 4)"
+    assert "fitting the VAE" not in captured.err + captured.out
+    assert not (tmp_path / "svd").exists()
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--fit_unet_steps", "5"], "--fit_unet_steps: needs --fit_vae_frames (the UNet is fitted to those frames, through the fitted VAE)"),
     (["--unfitted_unet_output_dir", "unfitted"], "--unfitted_unet_output_dir: needs --fit_unet_steps (without it the saved UNet is the unfitted one)"),
+    (["--fit_unet_frames_per_clip", "8"], "--fit_unet_frames_per_clip: needs --fit_unet_steps (it sets the clips of the UNet fit)"),
+    (["--fit_unet_frames_per_clip", "0"], "--fit_unet_frames_per_clip: must be at least 1 (1: still images), got 0"),
 ])
 def test_fitting_the_unet_without_what_it_needs_is_one_error_line(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
