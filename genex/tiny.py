@@ -163,9 +163,10 @@ def save_tiny_svd_pipeline(output_dir, seed: int = 0, vae_frames_folder: Optiona
         if not videos:
             raise ValueError(f"{vae_frames_folder}: no folder of frame images under it to fit the VAE to")
         # Checked before the VAE fit, so a clip longer than every video costs no fitting time.
-        if unet_fitting is not None and max(map(len, videos)) < unet_frames_per_clip:
+        longest = max(map(len, videos))
+        if unet_fitting is not None and longest < unet_frames_per_clip:
             raise ValueError(f"--fit_unet_frames_per_clip {unet_frames_per_clip}: no video under {vae_frames_folder} has that many frames "
-                             f"(the longest has {max(map(len, videos))})")
+                             f"(the longest has {longest})")
         print(fit_vae_to_videos(pipeline.vae, videos, VAE_FIT_FRAMES_PER_CLIP, fitting, source=vae_frames_folder).summary())
         if unfitted_unet_output_dir is not None:
             print(f"Before the UNet fit: {save_pipeline(pipeline, unfitted_unet_output_dir)}")
