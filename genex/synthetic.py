@@ -55,10 +55,13 @@ class Room:
     style: str
 
 
-def make_room(seed: int, scene_type: str = "realistic", path_length: float = 8.0) -> Room:
-    """A random room long enough for a forward walk of `path_length` from z = 0."""
+def make_room(seed: int, scene_type: str = "realistic", path_length: float = 8.0, texture_scale: float = 1.0) -> Room:
+    """A random room long enough for a forward walk of `path_length` from z = 0; `texture_scale` multiplies its texture
+    periods (coarser textures stay visible, and move coherently, in small renderings)."""
     if scene_type not in SCENE_TYPES:
         raise ValueError(f"unknown scene type {scene_type!r}; expected one of {SCENE_TYPES}")
+    if texture_scale <= 0:
+        raise ValueError(f"texture_scale must be positive, got {texture_scale}")
     rng = np.random.default_rng([seed, SCENE_TYPES.index(scene_type)])
     half_width = rng.uniform(2.0, 3.0)
     front = path_length + rng.uniform(2.5, 4.0)
@@ -76,7 +79,7 @@ def make_room(seed: int, scene_type: str = "realistic", path_length: float = 8.0
         pillar_radius=0.22,
         palette=_palette(rng, scene_type),
         texture_offset=np.array([rng.uniform(0, 10), 0.0, rng.uniform(0, 10)], np.float32),
-        period={"low_texture": 2.0, "anime": 0.8}.get(scene_type, 0.5) * rng.uniform(0.8, 1.25),
+        period={"low_texture": 2.0, "anime": 0.8}.get(scene_type, 0.5) * rng.uniform(0.8, 1.25) * texture_scale,
         style=scene_type,
     )
 
@@ -216,17 +219,19 @@ def render_room(room: Room, width: int, height: int, camera_position: Sequence[f
 
 
 def render_panorama(
-    width: int, height: int, camera_position: Sequence[float] = (0.0, CAMERA_HEIGHT, 0.0), seed: int = 0, scene_type: str = "realistic", yaw: float = 0.0
+    width: int, height: int, camera_position: Sequence[float] = (0.0, CAMERA_HEIGHT, 0.0), seed: int = 0, scene_type: str = "realistic", yaw: float = 0.0,
+    texture_scale: float = 1.0,
 ) -> np.ndarray:
     """One equirectangular panorama uint8 [H, W, 3] of the room drawn from `seed` and `scene_type`."""
-    return render_room(make_room(seed, scene_type), width, height, camera_position, yaw)
+    return render_room(make_room(seed, scene_type, texture_scale=texture_scale), width, height, camera_position, yaw)
 
 
-def render_forward_video(num_frames: int, width: int, height: int, seed: int = 0, step: float = DEFAULT_STEP, scene_type: str = "realistic") -> np.ndarray:
+def render_forward_video(num_frames: int, width: int, height: int, seed: int = 0, step: float = DEFAULT_STEP, scene_type: str = "realistic",
+                         texture_scale: float = 1.0) -> np.ndarray:
     """Frames uint8 [T, H, W, 3] of a camera walking `step` world units forward (+z) per frame."""
     if num_frames < 1 or step <= 0:
         raise ValueError(f"need num_frames >= 1 and a forward step > 0, got {num_frames} frames, step {step}")
-    room = make_room(seed, scene_type, path_length=step * (num_frames - 1))
+    room = make_room(seed, scene_type, path_length=step * (num_frames - 1), texture_scale=texture_scale)
     return np.stack([render_room(room, width, height, (0.0, CAMERA_HEIGHT, step * t)) for t in range(num_frames)])
 
 
@@ -242,6 +247,8 @@ def write_genex_db(
     fps: float = 12.0,
     parquet_video_type: str = "binary",
     rows_per_shard: int = 2,
+    step: float = DEFAULT_STEP,
+    texture_scale: float = 1.0,
 ) -> dict[str, list[Path]]:
     """Write a synthetic Genex-DB under `root` and return the files written per scene type.
 
@@ -257,7 +264,7 @@ def write_genex_db(
         raise ValueError(f"parquet_video_type must be 'binary' or 'struct', got {parquet_video_type!r}")
 
     def scene_videos(scene_number: int, scene_type: str) -> list[np.ndarray]:
-        return [render_forward_video(num_frames, width, height, seed=seed * 1000 + scene_number * 100 + k, scene_type=scene_type)
+        return [render_forward_video(num_frames, width, height, seed * 1000 + scene_number * 100 + k, step, scene_type, texture_scale)
                 for k in range(videos_per_scene)]
 
     if layout == "labelled":
@@ -311,7 +318,7 @@ def write_labelled_table(folder: Path, rows: list[tuple[str, np.ndarray]], label
     return written
 
 
-def write_validation_panoramas(folder, count: int = 2, width: int = 256, height: int = 128, seed: int = 0) -> list[Path]:
+def write_validation_panoramas(folder, count: int = 2, width: int = 256, height: int = 128, seed: int = 0, texture_scale: float = 1.0) -> list[Path]:
     """Write `count` PNG panoramas (2:1, one per scene type in turn) for validation during training."""
     if width != 2 * height:
         raise ValueError(f"equirectangular panoramas are 2:1; got {width}x{height}")
@@ -321,7 +328,7 @@ def write_validation_panoramas(folder, count: int = 2, width: int = 256, height:
     for k in range(count):
         scene_type = SCENE_TYPES[k % len(SCENE_TYPES)]
         path = folder / f"panorama_{k:03d}_{scene_type}.png"
-        Image.fromarray(render_panorama(width, height, seed=seed + k, scene_type=scene_type)).save(path)
+        Image.fromarray(render_panorama(width, height, seed=seed + k, scene_type=scene_type, texture_scale=texture_scale)).save(path)
         paths.append(path)
     return paths
 
@@ -338,23 +345,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=128, help="Panorama width in pixels (2x the height for a full sphere).")
     parser.add_argument("--height", type=int, default=64, help="Panorama height in pixels.")
     parser.add_argument("--fps", type=float, default=12.0, help="Frame rate stored in the mp4 files.")
+    parser.add_argument("--step", type=float, default=DEFAULT_STEP, help="World units (metres) the camera walks forward per frame.")
+    parser.add_argument("--texture_scale", type=float, default=1.0,
+                        help="Multiplies the rooms' texture periods: above 1 for small renderings, where fine textures alias into flicker instead of moving.")
     parser.add_argument("--parquet_video_type", choices=("binary", "struct"), default="binary", help="parquet layout only: plain mp4 bytes, or the {bytes, path} struct of HF datasets (the labelled layout always writes the struct).")
     parser.add_argument("--rows_per_shard", type=int, default=2, help="parquet and labelled layouts: videos per parquet shard.")
     parser.add_argument("--num_validation_panoramas", type=int, default=0, help="Also write this many PNG panoramas into <output_dir>/validation_panoramas.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the rooms; the same seed writes the same dataset.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Checked before any room is rendered: a typo costs nothing.
+    for flag in ("step", "texture_scale"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag} must be positive, got {getattr(args, flag)}")
+    return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     written = write_genex_db(
         args.output_dir, args.layout, args.scene_types, args.videos_per_scene, args.num_frames,
-        args.width, args.height, args.seed, args.fps, args.parquet_video_type, args.rows_per_shard,
+        args.width, args.height, args.seed, args.fps, args.parquet_video_type, args.rows_per_shard, args.step, args.texture_scale,
     )
     for scene_type, paths in written.items():
         print(f"{scene_type}: {len(paths)} file(s) in {paths[0].parent if paths else args.output_dir}")
     if args.num_validation_panoramas:
-        paths = write_validation_panoramas(Path(args.output_dir) / "validation_panoramas", args.num_validation_panoramas, args.width, args.width // 2, args.seed)
+        paths = write_validation_panoramas(Path(args.output_dir) / "validation_panoramas", args.num_validation_panoramas, args.width, args.width // 2, args.seed,
+                                           args.texture_scale)
         print(f"validation panoramas: {len(paths)} in {paths[0].parent}")
 
 

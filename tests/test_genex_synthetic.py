@@ -163,3 +163,55 @@ def test_cli_writes_dataset(tmp_path):
     main(["--output_dir", str(tmp_path), "--layout", "folder", "--scene_types", "anime", "--videos_per_scene", "1", "--num_frames", "3", "--width", "32", "--height", "16", "--num_validation_panoramas", "1"])
     assert (tmp_path / "Anime" / "00000.mp4").is_file()
     assert len(list((tmp_path / "validation_panoramas").glob("*.png"))) == 1
+
+
+def test_texture_scale_multiplies_the_texture_periods_and_nothing_else():
+    fine, coarse = make_room(seed=4, scene_type="anime"), make_room(seed=4, scene_type="anime", texture_scale=4.0)
+    assert coarse.period == pytest.approx(4.0 * fine.period)
+    assert coarse.half_width == fine.half_width and coarse.front == fine.front
+    np.testing.assert_array_equal(coarse.pillars, fine.pillars)
+    np.testing.assert_array_equal(coarse.palette, fine.palette)
+    with pytest.raises(ValueError, match="texture_scale"):
+        make_room(seed=4, texture_scale=0.0)
+
+
+def test_coarse_textures_change_less_between_neighbouring_pixels():
+    # What the flag is for: at a small size fine textures alias, coarse ones stay regions of one colour.
+    def neighbour_change(texture_scale):
+        return np.mean([np.abs(np.diff(render_panorama(32, 16, seed=seed, scene_type="realistic", texture_scale=texture_scale).astype(int), axis=1)).mean()
+                        for seed in range(4)])
+
+    assert neighbour_change(4.0) < 0.7 * neighbour_change(1.0)
+
+
+@pytest.mark.parametrize("scene_type", ["realistic", "anime"])
+def test_a_coarse_long_stride_walk_still_flows_forward(scene_type):
+    frames = render_forward_video(6, 128, 64, seed=3, step=0.4, scene_type=scene_type, texture_scale=4.0)
+    right_dx = _median_shift(frames, slice(16, 48), slice(80, 112))[0]
+    left_dx = _median_shift(frames, slice(16, 48), slice(16, 48))[0]
+    assert right_dx > 0.5 and left_dx < -0.5
+
+
+def test_cli_step_and_texture_scale_reach_the_videos_and_panoramas(tmp_path):
+    from genex.synthetic import main
+
+    main(["--output_dir", str(tmp_path), "--layout", "folder", "--scene_types", "realistic", "--videos_per_scene", "1", "--num_frames", "4",
+          "--width", "64", "--height", "32", "--step", "0.5", "--texture_scale", "3", "--num_validation_panoramas", "1"])
+    decoded = np.stack(list(iter_video_frames(tmp_path / "Realistic" / "00000.mp4"))).astype(float)
+    # The first room of the realistic scene has seed 0 * 1000 + 0 * 100 + 0 = 0.
+    asked = render_forward_video(4, 64, 32, seed=0, step=0.5, texture_scale=3.0).astype(float)
+    default = render_forward_video(4, 64, 32, seed=0).astype(float)
+    assert np.abs(decoded - asked).mean() < 0.5 * np.abs(decoded - default).mean()
+    with Image.open(next((tmp_path / "validation_panoramas").glob("*.png"))) as image:
+        np.testing.assert_array_equal(np.asarray(image), render_panorama(64, 32, seed=0, scene_type=SCENE_TYPES[0], texture_scale=3.0))
+
+
+@pytest.mark.parametrize("flag, value", [("--step", "0"), ("--step", "-0.1"), ("--texture_scale", "0"), ("--texture_scale", "nan")])
+def test_cli_refuses_a_step_or_texture_scale_that_is_not_positive_before_writing(tmp_path, capsys, flag, value):
+    from genex.synthetic import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--output_dir", str(tmp_path / "out"), flag, value])
+    assert exit_info.value.code == 2
+    assert f"error: {flag} must be positive, got" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
