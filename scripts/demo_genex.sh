@@ -10,10 +10,13 @@ OUT=${DEMO_DIR:-demo_output}/genex
 TRAIN_STEPS=${GENEX_TRAIN_STEPS:-40}
 [[ $TRAIN_STEPS =~ ^[1-9][0-9]*$ ]] || { echo "error: GENEX_TRAIN_STEPS=$TRAIN_STEPS: give a positive whole number of fine-tuning steps" >&2; exit 2; }
 export HF_HUB_OFFLINE=1
+# Every synthetic set walks 0.4 m a frame through rooms with 4x coarser textures: at 32x16 the default textures alias
+# into flicker and the default 0.12 m stride moves features by a fraction of a pixel, so no walk could be seen or learned.
+WALK=(--step 0.4 --texture_scale 4)
 
 echo "== GenEx-Explorer: synthetic Genex-DB in $OUT"
 python -m genex.synthetic --output_dir "$OUT/genex_db_clone" --layout parquet --videos_per_scene 2 \
-  --num_frames 24 --width 64 --height 32 --num_validation_panoramas 1
+  --num_frames 16 --width 64 --height 32 --num_validation_panoramas 1 "${WALK[@]}"
 
 echo "== prepare_dataset.py"
 python prepare_dataset.py --dataset_path "$OUT/genex_db_clone" --output_dir "$OUT/Genex-DB" \
@@ -21,7 +24,7 @@ python prepare_dataset.py --dataset_path "$OUT/genex_db_clone" --output_dir "$OU
 
 echo "== a pretraining set for the tiny base model: forward walks through 64 other synthetic rooms (the stand-in for SVD's own training data)"
 python -m genex.synthetic --output_dir "$OUT/pretraining_clone" --layout folder --videos_per_scene 16 \
-  --num_frames 8 --width 64 --height 32 --seed 2
+  --num_frames 8 --width 64 --height 32 --seed 2 "${WALK[@]}"
 python prepare_dataset.py --dataset_path "$OUT/pretraining_clone" --output_dir "$OUT/pretraining_frames" \
   --scene_types realistic low_texture anime real_world --frames_per_video 8 --num_workers 2 --image_size 32 16 --quiet
 
@@ -60,7 +63,7 @@ echo "  generated video $OUT/exploration.mp4"
 
 echo "== evaluate_world_explorer.py (2 held-out synthetic videos at the trained 32x16 and 8 frames, 4 sampling steps; base = the tiny base model before fine-tuning)"
 python -m genex.synthetic --output_dir "$OUT/heldout_clone" --layout folder --scene_types realistic anime \
-  --videos_per_scene 1 --num_frames 8 --width 64 --height 32 --seed 1
+  --videos_per_scene 1 --num_frames 8 --width 64 --height 32 --seed 1 "${WALK[@]}"
 python prepare_dataset.py --dataset_path "$OUT/heldout_clone" --output_dir "$OUT/Genex-DB-heldout" \
   --scene_types realistic anime --frames_per_video 8 --num_workers 1 --image_size 32 16 --quiet
 # One OpenMP thread: tiny models on a small shared CPU run several times faster than with two threads spinning.
