@@ -16,7 +16,7 @@ python -m pecn.dataset --data_root "$OUT/sthv2" --train_per_task 8 --val_per_tas
 python -m pecn.video_loader --data_root "$OUT/sthv2" --sizes 64x64 --num_workers 2
 
 echo "== tiny InstructPix2Pix pipeline (a 4x-downsampling VAE), the VAE fitted to the training videos' frames (a random VAE decodes only noise)"
-# 1500 fitting steps: the VAE is the ceiling of every prediction (25.7 dB on the training frames after 480 steps, 30.5 after 1500).
+# 1500 fitting steps: the VAE is the ceiling of every prediction (25.7 dB on the training frames after 480 steps, 30.3 after 1500).
 python -m pecn.tiny --kind instruct_pix2pix --output_dir "$OUT/tiny_instruct_pix2pix" --vae_block_out_channels 16 32 64 \
   --fit_vae_frames "$OUT/sthv2/frames_64x64" --fit_vae_annotations "$OUT/sthv2/annotations/train_filtered.json" --fit_vae_steps 1500
 
