@@ -141,9 +141,10 @@ def _exit_code(error: SystemExit) -> int:
 
 def unset_accelerate_state() -> None:
     """Accelerate's process-wide state unset, as in the fresh process of a user's command: for a script's main run in the tests' process."""
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def run_main(argv: list[str], module_name: str, wrap: bool):

@@ -23,7 +23,15 @@ flush_denormals()
 
 # The bad-input matrix's one outcome check lives in a helper module: pytest shows its failed asserts' values too.
 pytest.register_assert_rewrite("bad_inputs_support")
-from bad_inputs_support import Env, build_env  # noqa: E402
+from bad_inputs_support import Env, build_env, unset_accelerate_state  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state that a second Accelerator with other options refuses to change: each test
+    that builds one in this process (a script's main, the bench) starts from none, whichever test file ran before it."""
+    unset_accelerate_state()
+    yield
 
 
 @pytest.fixture(scope="session")
