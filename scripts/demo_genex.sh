@@ -11,7 +11,7 @@ TRAIN_STEPS=${GENEX_TRAIN_STEPS:-40}
 [[ $TRAIN_STEPS =~ ^[1-9][0-9]*$ ]] || { echo "error: GENEX_TRAIN_STEPS=$TRAIN_STEPS: give a positive whole number of fine-tuning steps" >&2; exit 2; }
 export HF_HUB_OFFLINE=1
 # Every synthetic set walks 0.4 m a frame through rooms with 4x coarser textures: at 32x16 the default textures alias
-# into flicker and the default 0.12 m stride moves features by a fraction of a pixel, so no walk could be seen or learned.
+# into flicker and the default 0.12 m stride moves features by a fraction of a pixel: the walk could not be seen.
 WALK=(--step 0.4 --texture_scale 4)
 
 echo "== GenEx-Explorer: synthetic Genex-DB in $OUT"
