@@ -60,7 +60,7 @@ def make_room(seed: int, scene_type: str = "realistic", path_length: float = 8.0
     periods (coarser textures stay visible, and move coherently, in small renderings)."""
     if scene_type not in SCENE_TYPES:
         raise ValueError(f"unknown scene type {scene_type!r}; expected one of {SCENE_TYPES}")
-    if texture_scale <= 0:
+    if not texture_scale > 0:
         raise ValueError(f"texture_scale must be positive, got {texture_scale}")
     rng = np.random.default_rng([seed, SCENE_TYPES.index(scene_type)])
     half_width = rng.uniform(2.0, 3.0)
@@ -229,7 +229,7 @@ def render_panorama(
 def render_forward_video(num_frames: int, width: int, height: int, seed: int = 0, step: float = DEFAULT_STEP, scene_type: str = "realistic",
                          texture_scale: float = 1.0) -> np.ndarray:
     """Frames uint8 [T, H, W, 3] of a camera walking `step` world units forward (+z) per frame."""
-    if num_frames < 1 or step <= 0:
+    if num_frames < 1 or not step > 0:
         raise ValueError(f"need num_frames >= 1 and a forward step > 0, got {num_frames} frames, step {step}")
     room = make_room(seed, scene_type, path_length=step * (num_frames - 1), texture_scale=texture_scale)
     return np.stack([render_room(room, width, height, (0.0, CAMERA_HEIGHT, step * t)) for t in range(num_frames)])

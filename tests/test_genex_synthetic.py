@@ -171,8 +171,11 @@ def test_texture_scale_multiplies_the_texture_periods_and_nothing_else():
     assert coarse.half_width == fine.half_width and coarse.front == fine.front
     np.testing.assert_array_equal(coarse.pillars, fine.pillars)
     np.testing.assert_array_equal(coarse.palette, fine.palette)
-    with pytest.raises(ValueError, match="texture_scale"):
-        make_room(seed=4, texture_scale=0.0)
+    for bad in (0.0, float("nan")):
+        with pytest.raises(ValueError, match="texture_scale"):
+            make_room(seed=4, texture_scale=bad)
+    with pytest.raises(ValueError, match="forward step > 0"):
+        render_forward_video(2, 16, 8, step=float("nan"))
 
 
 def test_coarse_textures_change_less_between_neighbouring_pixels():
