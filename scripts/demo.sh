@@ -2,7 +2,7 @@
 # The main job on the embedded default, on any machine with Python and pip (CPU is enough, no
 # downloads): installs the requirements, then runs both pipelines end to end on tiny models (their
 # VAEs fitted to the demo's frames) and synthetic data that the project makes itself. Outputs go to $DEMO_DIR (demo_output/).
-# GENEX_TRAIN_STEPS (default 40) sets GenEx-Explorer's fine-tuning steps: 1200 is the longer run the README reports (its GenEx part took 17 to 20 min here).
+# GENEX_TRAIN_STEPS (default 40) sets GenEx-Explorer's fine-tuning steps: 1200 is the longer run the README reports (its GenEx part took 12 min here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
