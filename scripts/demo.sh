@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, on any machine with Python and pip (CPU is enough, no
-# downloads): installs the requirements, then runs both pipelines end to end on tiny models (their
+# downloads): installs the requirements, then runs both pipelines end to end, side by side, on tiny models (their
 # VAEs fitted to the demo's frames) and synthetic data that the project makes itself. Outputs go to $DEMO_DIR (demo_output/).
 # GENEX_TRAIN_STEPS (default 40) sets GenEx-Explorer's fine-tuning steps: 1200 is the longer run the README reports (its GenEx part took 12 min here).
 set -euo pipefail
@@ -9,8 +9,24 @@ bash scripts/install.sh
 export DEMO_DIR=${DEMO_DIR:-demo_output}
 # A rerun of the demo replaces its own earlier results folders (the samplers refuse them otherwise).
 export OVERWRITE_OUTPUT_DIR=${OVERWRITE_OUTPUT_DIR:-True}
+source scripts/demo_genex_steps.sh
+# The two pipelines run side by side, one OpenMP thread each: their tiny models gain little from a second thread (PECN's VAE
+# fit ran 11.4 steps/s on one, 12.3 on two), so the demo takes about the longer part's time instead of the sum of both.
+# PECN writes to a log; set -m gives it its own process group, so that a failure or Ctrl-C here stops all of it.
+mkdir -p "$DEMO_DIR"
+PECN_LOG=$DEMO_DIR/demo_pecn.log
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+set -m
+bash scripts/demo_pecn.sh > "$PECN_LOG" 2>&1 &
+pecn=$!
+set +m
+trap 'kill -- -$pecn 2>/dev/null || true' EXIT
+trap 'exit 130' INT TERM
+echo "== PECN runs alongside GenEx-Explorer, its output in $PECN_LOG (tail -f it to follow)"
 bash scripts/demo_genex.sh
-bash scripts/demo_pecn.sh
+echo "== GenEx-Explorer done; waiting for PECN ($PECN_LOG)"
+wait $pecn || { status=$?; echo "error: the PECN part failed (exit $status); the end of $PECN_LOG:" >&2; tail -n 15 "$PECN_LOG" >&2; exit $status; }
+trap - EXIT
 # Both evaluations side by side: tiny models on synthetic data, beside the baselines that give them a meaning.
 echo
 echo "== GenEx-Explorer evaluation ($DEMO_DIR/genex/evaluation/results.md)"
