@@ -54,7 +54,8 @@ def run_cli(main) -> None:
     """
     try:
         main()
-    except (RunError, FileNotFoundError, ValueError) as error:
+    # Path errors name their path ("[Errno 20] Not a directory: 'out/x'"), which is all a user needs.
+    except (RunError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError) as error:
         if os.environ.get("TRAIN_DEBUG"):
             raise
         message = str(error)

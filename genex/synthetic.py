@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from common.cli import run_cli
 from common.video import encode_video_bytes, write_mp4
 from genex.prepare import SCENE_TYPES
 
@@ -375,4 +376,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

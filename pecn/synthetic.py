@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.cli import run_cli
 from common.video import encode_video_bytes
 from pecn.dataset import write_json_atomic
 from pecn.tasks import TASK_TEMPLATES, strip_brackets
@@ -258,6 +259,9 @@ def write_synthetic_ssv2(
     """Write the synthetic SSv2 under `root`; `short_videos` task videos per split get SHORT_NUM_FRAMES frames."""
     if width % 2 or height % 2 or width < 16 or height < 16:
         raise ValueError(f"width and height must be even and >= 16 (VP9 yuv420p), got {width}x{height}")
+    if num_frames < 1 or min(train_per_class, val_per_class, test_videos, short_videos) < 0:
+        raise ValueError(f"need num_frames >= 1 and no negative count, got {num_frames} frames, {train_per_class} train and {val_per_class} "
+                         f"validation per class, {test_videos} test and {short_videos} short videos")
     root = Path(root)
     rng = np.random.default_rng(seed)
     task_classes = [template for templates in TASK_TEMPLATES.values() for template in templates]
@@ -316,14 +320,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="Seed for ids, placeholders and which videos are short.")
     parser.add_argument("--short_videos", type=int, default=2, help=f"Task videos per split shortened to {SHORT_NUM_FRAMES} frames.")
     args = parser.parse_args(argv)
-    try:
-        data = write_synthetic_ssv2(
-            args.output_dir, args.train_per_class, args.val_per_class, args.test_videos, args.num_frames, args.width, args.height, args.seed, args.short_videos
-        )
-    except ValueError as error:
-        parser.exit(1, f"error: {error}\n")
+    data = write_synthetic_ssv2(
+        args.output_dir, args.train_per_class, args.val_per_class, args.test_videos, args.num_frames, args.width, args.height, args.seed, args.short_videos
+    )
     print(f"wrote {len(data.train)} train, {len(data.validation)} validation, {len(data.test)} test videos under {data.root}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
