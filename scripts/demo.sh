@@ -41,5 +41,8 @@ echo
 echo "== PECN before training: the tiny pipeline's random UNet, the same fitted VAE ($DEMO_DIR/pecn/test_result_untrained/results.md)"
 grep -m 1 "overall" "$DEMO_DIR/pecn/test_result_untrained/results.md"
 echo
+echo "== PECN: the model's one-step estimates of the target by noise level, against the VAE ($DEMO_DIR/pecn/denoising.md)"
+tail -n +3 "$DEMO_DIR/pecn/denoising.md"
+echo
 echo "Demo finished. GenEx-Explorer: $DEMO_DIR/genex   PECN: $DEMO_DIR/pecn"
 echo "TensorBoard: tensorboard --logdir $DEMO_DIR"

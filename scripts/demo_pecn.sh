@@ -37,3 +37,8 @@ for run in "instruct_pix2pix_64 test_result" "tiny_instruct_pix2pix test_result_
   VAL_ANNOTATIONS="$OUT/sthv2/annotations/val_filtered.json" OUTPUT_DIR="$OUT/$results" \
   PROGRESS=True NUM_SAMPLES=all NUM_INFERENCE_STEPS=10 bash scripts/sample_from_pix2pix.sh
 done
+
+# Where the model loses against the ceiling: its one-step estimate of the target at each noise level (sampling starts at t = 999).
+echo "== python -m pecn.denoising ($OUT/instruct_pix2pix_64)"
+python -m pecn.denoising --model_dir "$OUT/instruct_pix2pix_64" --frames_dir "$OUT/sthv2/frames_64x64" \
+  --val_annotations "$OUT/sthv2/annotations/val_filtered.json" --resolution 64 --add_progress | tee "$OUT/denoising.md"

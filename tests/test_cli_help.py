@@ -18,7 +18,7 @@ COMMANDS = [
     ["train_instruct_pix2pix.py"], ["sample_from_pix2pix.py"],
     ["-m", "genex.synthetic"], ["-m", "genex.tiny"], ["-m", "genex.cache_latents"],
     ["-m", "bench.data_stages"], ["-m", "bench.train_step"],
-    ["-m", "pecn.dataset"], ["-m", "pecn.video_loader"], ["-m", "pecn.synthetic"], ["-m", "pecn.tiny"],
+    ["-m", "pecn.dataset"], ["-m", "pecn.video_loader"], ["-m", "pecn.synthetic"], ["-m", "pecn.tiny"], ["-m", "pecn.denoising"],
 ]
 
 
