@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common.cli import count_or_all, run_cli
+from common.cli import add_device_argument, count_or_all, resolve_device, run_cli
 from common.files import atomic_folder, check_output_dir, write_atomic
 from common.metrics import I3DFeatures, LpipsScorer, add_lpips_arguments, json_safe
 from common.pixels import vae_reconstruction
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--motion_bucket_id", type=int, default=None, help=f"Motion bucket id conditioning ({trained} 127).")
     parser.add_argument("--seed", type=int, default=42, help="Video i (its position among the frame folders) is generated with seed + i, by every pipeline.")
     parser.add_argument("--decode_chunk_size", type=int, default=8, help="Frames decoded at once by the VAE, in generation and in the vae row.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device (fp16 on CUDA, fp32 on CPU).")
+    add_device_argument(parser, "fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--output_dir", default="evaluation/genex_explorer", help="Where the results go.")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="Replace an earlier run of this script in --output_dir once the new run completes.")
     add_lpips_arguments(parser)
@@ -69,8 +69,7 @@ def parse_args(argv=None):
     require_at_least(args, 0, "motion_bucket_id")
     if args.i3d_path is not None and not Path(args.i3d_path).is_file():
         parser.error(f"--i3d_path {args.i3d_path}: file not found")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+    args.device = resolve_device(parser, args.device)
     return args
 
 

@@ -34,7 +34,7 @@ from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from common.cli import SetupError, count_or_all, model_folder_error, run_cli
+from common.cli import SetupError, add_device_argument, count_or_all, model_folder_error, resolve_device, run_cli
 from common.files import atomic_folder, check_output_dir, write_atomic
 from common.metrics import LpipsScorer, add_lpips_arguments, format_cell, json_safe, markdown_table, psnr, ssim, summarize
 from common.training import flush_denormals
@@ -86,7 +86,7 @@ def parse_args(argv=None):
     parser.add_argument("--overwrite_output_dir", action=argparse.BooleanOptionalAction, default=None,
                         help="Replace an earlier run of this script in --output_dir once the new run completes (env OVERWRITE_OUTPUT_DIR=True/False/1/0, default False).")
     add_lpips_arguments(parser)
-    parser.add_argument("--device", default=None, help="Torch device; default cuda when available, else cpu (fp16 on CUDA, fp32 on CPU).")
+    add_device_argument(parser, "fp16 on CUDA, fp32 on CPU")
     args = parser.parse_args(argv)
 
     for name, variable in (("add_progress", "PROGRESS"), ("overwrite_output_dir", "OVERWRITE_OUTPUT_DIR")):
@@ -97,9 +97,7 @@ def parse_args(argv=None):
                 parser.error(f"environment variable {variable}: {error}")
     if args.num_inference_steps < 1:
         parser.error(f"--num_inference_steps must be at least 1, got {args.num_inference_steps}")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+    args.device = resolve_device(parser, args.device)
     return args
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common.cli import SetupError, is_missing_folder, run_cli
+from common.cli import SetupError, add_device_argument, is_missing_folder, resolve_device, run_cli
 from common.files import check_writable
 from common.training import flush_denormals, require_at_least
 from common.video import write_mp4
@@ -45,8 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--trajectory", type=str, default=None,
                         help='A path of segments "yaw:frames,yaw:frames" (e.g. "0:25,180:25"): each turns the view by yaw degrees, then walks frames '
                              "frames forward from the last frame of the segment before. Replaces --yaw and --num_frames.")
-    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run on.")
+    add_device_argument(parser, "fp16 on CUDA, fp32 on CPU")
     args = parser.parse_args(argv)
+    args.device = resolve_device(parser, args.device)
     given_frames = args.num_frames
     vars(args).update(sampling_settings(args.model_dir, width=args.width, height=args.height, num_frames=args.num_frames, fps=args.fps,
                                         motion_bucket_id=args.motion_bucket_id))

@@ -47,6 +47,22 @@ def count_or_all(text: str):
     return value
 
 
+def add_device_argument(parser, precision: str) -> None:
+    """--device, resolved after parsing by `resolve_device`; `precision` says what the script runs in on each device."""
+    parser.add_argument("--device", default=None, help=f"Torch device; default cuda when available, else cpu ({precision}).")
+
+
+def resolve_device(parser, device) -> str:
+    """The --device to run on: cuda when available if none was given; a cuda device on a machine without one is a parser error."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # Before any model loads: otherwise the first .to(device) fails with a long CUDA traceback.
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
 def run_cli(main) -> None:
     """Run a script's main(); known setup and data errors become one line on stderr and exit code 2.
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.cli import SetupError, count_or_all, run_cli
+from common.cli import SetupError, add_device_argument, count_or_all, resolve_device, run_cli
 from common.metrics import markdown_table, psnr
 from common.pixels import to_model_range, to_uint8
 from pecn.models import Components, load_models
@@ -84,13 +84,11 @@ def parse_args(argv=None):
     parser.add_argument("--num_samples", type=count_or_all, default=None, help='Pairs to score, from the start of the file; "all" or 0 (default) for every pair.')
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(DEFAULT_TIMESTEPS), help="Training timesteps to noise the target to.")
     parser.add_argument("--seed", type=int, default=42, help="Pair i is noised with seed + i.")
-    parser.add_argument("--device", default=None, help="Torch device; default cuda when available, else cpu (float32 on both).")
+    add_device_argument(parser, "float32 on both")
     args = parser.parse_args(argv)
     if args.resolution < 1:
         parser.error(f"--resolution must be positive, got {args.resolution}")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+    args.device = resolve_device(parser, args.device)
     return args
 
 
