@@ -22,12 +22,19 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vae_reconstruction(vae, frames: np.ndarray, chunk_size: int = 8) -> np.ndarray:
-    """uint8 frames [N,H,W,3] through `vae`: encoded (posterior mode), decoded `chunk_size` frames per call, as uint8.
+def decoded_uint8(vae, latents: torch.Tensor) -> np.ndarray:
+    """Unscaled latents [N,C,h,w] decoded by `vae` in one call, as uint8 images [N,H,W,3].
 
-    A temporal decoder (SVD's) is told each call's frame count, as StableVideoDiffusionPipeline decodes
+    A temporal decoder (SVD's) is told the call's frame count, as StableVideoDiffusionPipeline decodes
     its latents: the frames of one call are decoded as one clip.
     """
+    kwargs = {"num_frames": len(latents)} if "num_frames" in inspect.signature(vae.forward).parameters else {}
+    return to_uint8(vae.decode(latents, **kwargs).sample).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def vae_reconstruction(vae, frames: np.ndarray, chunk_size: int = 8) -> np.ndarray:
+    """uint8 frames [N,H,W,3] through `vae`: encoded (posterior mode), decoded `chunk_size` frames per call (decoded_uint8), as uint8."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [N,H,W,3], got {frames.dtype} {frames.shape}")
@@ -35,10 +42,4 @@ def vae_reconstruction(vae, frames: np.ndarray, chunk_size: int = 8) -> np.ndarr
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     # A copy: arrays read from images are often read-only, which torch.from_numpy warns about.
     pixels = to_model_range(torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2)).to(vae.device, vae.dtype)
-    takes_num_frames = "num_frames" in inspect.signature(vae.forward).parameters
-    decoded = []
-    for chunk in pixels.split(chunk_size):
-        latents = vae.encode(chunk).latent_dist.mode()
-        kwargs = {"num_frames": len(chunk)} if takes_num_frames else {}
-        decoded.append(vae.decode(latents, **kwargs).sample)
-    return to_uint8(torch.cat(decoded)).permute(0, 2, 3, 1).cpu().numpy()
+    return np.concatenate([decoded_uint8(vae, vae.encode(chunk).latent_dist.mode()) for chunk in pixels.split(chunk_size)])

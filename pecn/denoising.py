@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from common.cli import SetupError, add_device_argument, count_or_all, resolve_device, run_cli
 from common.metrics import markdown_table, psnr
-from common.pixels import to_model_range, to_uint8
+from common.pixels import decoded_uint8, to_model_range
 from pecn.models import Components, load_models
 from pecn.pairs import build_pair_dataset, collate, pair_transform
 
@@ -42,11 +42,6 @@ def predicted_original(noisy_latents: torch.Tensor, model_output: torch.Tensor, 
     raise SetupError(f"unknown prediction type {prediction_type}")
 
 
-def decode_uint8(vae, latents: torch.Tensor) -> np.ndarray:
-    """Unscaled latents [B,4,h,w] decoded to uint8 images [B,H,W,3]."""
-    return to_uint8(vae.decode(latents).sample).permute(0, 2, 3, 1).cpu().numpy()
-
-
 @torch.no_grad()
 def one_step_psnrs(components: Components, batch: dict, timesteps: Sequence[int], generator: torch.Generator) -> dict:
     """PSNRs against the target of one pair (batch of 1, pecn.pairs' collated uint8 pixels): the one-step estimate at each of
@@ -59,8 +54,8 @@ def one_step_psnrs(components: Components, batch: dict, timesteps: Sequence[int]
     input_latents = vae.encode(to_model_range(batch["original_pixel_values"]).to(device)).latent_dist.mode()
     text_embedding = components.text_encoder(batch["input_ids"].to(device))[0]
     z0 = target_latents * vae.config.scaling_factor
-    scores = {"input_through_vae": psnr(decode_uint8(vae, input_latents)[0], target_pixels[0]),
-              "vae": psnr(decode_uint8(vae, target_latents)[0], target_pixels[0])}
+    scores = {"input_through_vae": psnr(decoded_uint8(vae, input_latents)[0], target_pixels[0]),
+              "vae": psnr(decoded_uint8(vae, target_latents)[0], target_pixels[0])}
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     for t in timesteps:
         noise = torch.randn(z0.shape, generator=generator).to(device)
@@ -68,7 +63,7 @@ def one_step_psnrs(components: Components, batch: dict, timesteps: Sequence[int]
         noisy = scheduler.add_noise(z0, noise, timestep)
         output = unet(torch.cat([noisy, input_latents], dim=1), timestep, text_embedding, return_dict=False)[0]
         estimate = predicted_original(noisy, output, alphas_cumprod[t], scheduler.config.prediction_type)
-        scores[t] = psnr(decode_uint8(vae, estimate / vae.config.scaling_factor)[0], target_pixels[0])
+        scores[t] = psnr(decoded_uint8(vae, estimate / vae.config.scaling_factor)[0], target_pixels[0])
     return scores
 
 
