@@ -40,5 +40,8 @@ done
 
 # Where the model loses against the ceiling: its one-step estimate of the target at each noise level (sampling starts at t = 999).
 echo "== python -m pecn.denoising ($OUT/instruct_pix2pix_64)"
+# Written beside, then renamed: a run that fails leaves the earlier table whole.
 python -m pecn.denoising --model_dir "$OUT/instruct_pix2pix_64" --frames_dir "$OUT/sthv2/frames_64x64" \
-  --val_annotations "$OUT/sthv2/annotations/val_filtered.json" --resolution 64 --add_progress | tee "$OUT/denoising.md"
+  --val_annotations "$OUT/sthv2/annotations/val_filtered.json" --resolution 64 --add_progress > "$OUT/denoising.md.partial"
+mv "$OUT/denoising.md.partial" "$OUT/denoising.md"
+cat "$OUT/denoising.md"
