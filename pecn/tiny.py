@@ -63,6 +63,9 @@ camera bracelet headphones cat sock spray perfume lotion cream pack packet sheet
 # CLIP's pre-tokenizer: each digit is its own word, runs of punctuation are one word.
 CLIP_WORD_PATTERN = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
 
+# What a diffusers scheduler's UNet can be trained to predict, both handled by training (pecn.step.diffusion_target) and sampling.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
 # The scheduler of timbrooks/instruct-pix2pix.
 INSTRUCT_PIX2PIX_SCHEDULER_CONFIG = dict(
     beta_start=0.00085,
@@ -204,26 +207,28 @@ def build_tiny_components(unet_in_channels: int, seed: int, tokenizer_folder, va
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
 
 
-def build_tiny_instruct_pix2pix_pipeline(seed: int = 0, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS) -> StableDiffusionInstructPix2PixPipeline:
-    """InstructPix2Pix pipeline (8-channel UNet, Euler ancestral) with tiny random weights."""
+def build_tiny_instruct_pix2pix_pipeline(seed: int = 0, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS,
+                                         prediction_type: str = "epsilon") -> StableDiffusionInstructPix2PixPipeline:
+    """InstructPix2Pix pipeline (8-channel UNet, Euler ancestral) with tiny random weights; its UNet is to predict `prediction_type`."""
     with tempfile.TemporaryDirectory() as tokenizer_folder:
         components = build_tiny_components(8, seed, tokenizer_folder, vae_block_out_channels)
     return StableDiffusionInstructPix2PixPipeline(
         **components,
-        scheduler=EulerAncestralDiscreteScheduler(**INSTRUCT_PIX2PIX_SCHEDULER_CONFIG),
+        scheduler=EulerAncestralDiscreteScheduler(**{**INSTRUCT_PIX2PIX_SCHEDULER_CONFIG, "prediction_type": prediction_type}),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
 
 
-def build_tiny_text_to_image_pipeline(seed: int = 0, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS) -> StableDiffusionPipeline:
-    """Stable Diffusion 1.5-style text-to-image pipeline (4-channel UNet, PNDM) with tiny random weights."""
+def build_tiny_text_to_image_pipeline(seed: int = 0, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS,
+                                      prediction_type: str = "epsilon") -> StableDiffusionPipeline:
+    """Stable Diffusion 1.5-style text-to-image pipeline (4-channel UNet, PNDM) with tiny random weights; its UNet is to predict `prediction_type`."""
     with tempfile.TemporaryDirectory() as tokenizer_folder:
         components = build_tiny_components(4, seed, tokenizer_folder, vae_block_out_channels)
     return StableDiffusionPipeline(
         **components,
-        scheduler=PNDMScheduler(**TEXT_TO_IMAGE_SCHEDULER_CONFIG),
+        scheduler=PNDMScheduler(**TEXT_TO_IMAGE_SCHEDULER_CONFIG, prediction_type=prediction_type),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -250,12 +255,15 @@ def video_frame_folders(frames_dir, annotations_file=None) -> list[list[Path]]:
 
 
 def save_tiny_pipeline(kind: str, output_dir, seed: int = 0, vae_block_out_channels: Sequence[int] = VAE_BLOCK_OUT_CHANNELS,
-                       vae_videos: Optional[list[list[Path]]] = None, fitting: FitSettings = VAE_FIT_DEFAULTS) -> Path:
+                       vae_videos: Optional[list[list[Path]]] = None, fitting: FitSettings = VAE_FIT_DEFAULTS,
+                       prediction_type: str = "epsilon") -> Path:
     """Build the tiny pipeline of `kind`, fit its VAE to `vae_videos` (lists of frame files) if given, and save it (safetensors)."""
     if kind not in PIPELINE_BUILDERS:
         raise ValueError(f"unknown tiny pipeline kind {kind!r}; expected one of {sorted(PIPELINE_BUILDERS)}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of {list(PREDICTION_TYPES)}")
     output_dir = Path(output_dir)
-    pipeline = PIPELINE_BUILDERS[kind](seed, vae_block_out_channels)
+    pipeline = PIPELINE_BUILDERS[kind](seed, vae_block_out_channels, prediction_type)
     if vae_videos is not None:
         # Images, not clips: this VAE decodes every frame on its own.
         print(fit_vae_to_videos(pipeline.vae, vae_videos, 1, fitting, source="--fit_vae_frames").summary())
@@ -272,6 +280,9 @@ def main(argv=None):
     parser.add_argument("--kind", choices=sorted(PIPELINE_BUILDERS), default="instruct_pix2pix",
                         help="instruct_pix2pix: 8-channel UNet; text_to_image: 4-channel UNet (conv_in is expanded when training).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights (and of the VAE fit).")
+    parser.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon",
+                        help="What the UNet is trained to predict (the scheduler's prediction_type): epsilon, as timbrooks/instruct-pix2pix and SD 1.5; "
+                             "v_prediction, as SD 2.x, suits a UNet trained from scratch: at t=999 an epsilon error reaches the estimated target 15 times larger.")
     parser.add_argument("--vae_block_out_channels", type=int, nargs="+", default=list(VAE_BLOCK_OUT_CHANNELS),
                         help="Widths of the VAE's blocks; each block after the first halves the size (16 32 64: 4x downsampling).")
     fitting = add_vae_fitting_args(parser, "Fit the VAE to the frames in this folder first (a frames_<W>x<H> folder of pecn.video_loader).", VAE_FIT_DEFAULTS)
@@ -281,7 +292,7 @@ def main(argv=None):
     if args.fit_vae_annotations and not args.fit_vae_frames:
         raise ValueError("--fit_vae_annotations: needs --fit_vae_frames")
     vae_videos = video_frame_folders(args.fit_vae_frames, args.fit_vae_annotations) if args.fit_vae_frames else None
-    print(save_tiny_pipeline(args.kind, args.output_dir, args.seed, args.vae_block_out_channels, vae_videos, fit_settings(args)))
+    print(save_tiny_pipeline(args.kind, args.output_dir, args.seed, args.vae_block_out_channels, vae_videos, fit_settings(args), args.prediction_type))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,20 @@ def test_weights_depend_only_on_seed():
     assert not torch.equal(first.unet.conv_in.weight, other.unet.conv_in.weight)
 
 
+def test_prediction_type_reaches_training_and_sampling_schedulers(tmp_path):
+    from diffusers import DDPMScheduler
+    tiny.save_tiny_pipeline("instruct_pix2pix", tmp_path, prediction_type="v_prediction")
+    # Training builds its DDPM scheduler from the same folder (pecn.models); the pipeline samples with its Euler ancestral one.
+    assert DDPMScheduler.from_pretrained(tmp_path, subfolder="scheduler").config.prediction_type == "v_prediction"
+    assert StableDiffusionInstructPix2PixPipeline.from_pretrained(tmp_path).scheduler.config.prediction_type == "v_prediction"
+
+
+def test_unknown_prediction_type_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown prediction type 'sample'"):
+        tiny.save_tiny_pipeline("instruct_pix2pix", tmp_path, prediction_type="sample")
+    assert not any(tmp_path.iterdir())
+
+
 def test_unknown_kind_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="unknown tiny pipeline kind 'sdxl'"):
         tiny.save_tiny_pipeline("sdxl", tmp_path)
