@@ -23,13 +23,13 @@ python -m pecn.tiny --kind instruct_pix2pix --output_dir "$OUT/tiny_instruct_pix
   --fit_vae_frames "$OUT/sthv2/frames_64x64" --fit_vae_annotations "$OUT/sthv2/annotations/train_filtered.json" \
   --fit_vae_steps 1000 --fit_vae_batch_size 4 --fit_vae_learning_rate 5e-4
 
-echo "== train_instruct_pix2pix.py (600 steps, progress prompts, checkpoint at step 300, validation grids at epochs 50 and 100;"
+echo "== train_instruct_pix2pix.py (600 steps, progress prompts, checkpoint at step 300, validation grids at epochs 60 and 120, the end;"
 echo "   --overwrite_output_dir: a rerun of the demo replaces its earlier run in $OUT/instruct_pix2pix_64)"
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no train_instruct_pix2pix.py \
   --pretrained_model_name_or_path="$OUT/tiny_instruct_pix2pix" --data_root="$OUT/sthv2" --resolution=64 \
   --input_frame_idx=20 --target_frame_idx=21 --add_progress --output_dir="$OUT/instruct_pix2pix_64" \
   --train_batch_size=4 --max_train_steps=600 --checkpointing_steps=300 --checkpoints_total_limit=1 \
-  --learning_rate=1e-3 --lr_warmup_steps=0 --validation_epochs=50 --num_validation_images=2 \
+  --learning_rate=1e-3 --lr_warmup_steps=0 --validation_epochs=60 --num_validation_images=2 \
   --validation_num_inference_steps=10 --mixed_precision=no --report_to=tensorboard --seed=42 --overwrite_output_dir
 
 # The trained model, then the tiny pipeline before training (the same fitted VAE, a random UNet): the row it improves on.
