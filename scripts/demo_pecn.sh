@@ -17,7 +17,7 @@ python -m pecn.video_loader --data_root "$OUT/sthv2" --sizes 64x64 --num_workers
 
 echo "== tiny InstructPix2Pix pipeline (a 4x-downsampling VAE, a v-prediction UNet), the VAE fitted to the training videos' frames (a random VAE decodes only noise)"
 # The VAE is the ceiling of every prediction: 1000 steps of 4 frames at 5e-4 reach 31.4 dB on the validation pairs, where 1500
-# steps of 2 at 2e-3 (the same time) reached 29.1. v-prediction (as SD 2.x): the random UNet learns in minutes what to predict at
+# steps of 2 at 2e-3 (about the same time) reached 29.1. v-prediction (as SD 2.x): the random UNet learns in minutes what to predict at
 # t = 999, where sampling starts; with epsilon its error reaches the estimated target 15 times larger (300 steps under the earlier VAE: 23.6 dB, v: 28.4).
 python -m pecn.tiny --kind instruct_pix2pix --output_dir "$OUT/tiny_instruct_pix2pix" --vae_block_out_channels 16 32 64 --prediction_type v_prediction \
   --fit_vae_frames "$OUT/sthv2/frames_64x64" --fit_vae_annotations "$OUT/sthv2/annotations/train_filtered.json" \
