@@ -1,6 +1,7 @@
 """train_instruct_pix2pix.py end to end through `accelerate launch`, on tiny pipelines and a synthetic SSv2."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -38,6 +39,7 @@ def setup(tmp_path_factory):
     run([sys.executable, "-m", "pecn.video_loader", "--data_root", str(data), "--sizes", f"{RESOLUTION}x{RESOLUTION}", "--num_workers", "1"])
     for kind in ("instruct_pix2pix", "text_to_image"):
         run([sys.executable, "-m", "pecn.tiny", "--kind", kind, "--output_dir", str(root / kind)])
+    run([sys.executable, "-m", "pecn.tiny", "--output_dir", str(root / "instruct_pix2pix_v"), "--prediction_type", "v_prediction"])
     return {"root": root, "data": data}
 
 
@@ -119,6 +121,21 @@ def test_resume_from_latest_continues_the_run(setup):
     a = load_file(str(straight / "checkpoint-4" / "0_trainable_weights.safetensors"))
     b = load_file(str(resumed / "checkpoint-4" / "0_trainable_weights.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_v_prediction_base_trains_on_v_and_keeps_it(setup):
+    # The same weights (seed 0) and draws: only the regression target differs, so the first step's loss must too.
+    first_losses = {}
+    for model in ("instruct_pix2pix", "instruct_pix2pix_v"):
+        output_dir = setup["root"] / f"one_step_{model}"
+        unset_accelerate_state()
+        train_instruct_pix2pix.main(base_args(setup, output_dir, 1, model, "--checkpointing_steps=100", "--num_validation_images=0"))
+        first_losses[model] = re.search(r"step 1/1: loss (\S+)", (output_dir / "train.log").read_text()).group(1)
+    assert first_losses["instruct_pix2pix"] != first_losses["instruct_pix2pix_v"]
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(setup["root"] / "one_step_instruct_pix2pix_v")
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
 
 
 def test_text_to_image_base_grows_conv_in(setup):
