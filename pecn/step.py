@@ -49,6 +49,10 @@ def random_flip(batch: dict, generator, device) -> dict:
     return batch
 
 
+# The scheduler prediction types training regresses (diffusion_target); diffusers' samplers read both.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
 def diffusion_target(noise_scheduler, latents, noise, timesteps):
     """What the UNet regresses: the noise (epsilon) or the velocity, per the scheduler's prediction type."""
     if noise_scheduler.config.prediction_type == "epsilon":

@@ -36,6 +36,7 @@ from common.output_dir import share_saved_pipeline
 from common.vae_fitting import FitSettings, add_vae_fitting_args, fit_settings, fit_vae_to_videos
 from pecn.dataset import load_annotations
 from pecn.prompts import build_prompt
+from pecn.step import PREDICTION_TYPES
 from pecn.tasks import TASK_TEMPLATES
 
 # The VAE of the tests' tiny pipelines: two blocks, 2x downsampling.
@@ -62,9 +63,6 @@ camera bracelet headphones cat sock spray perfume lotion cream pack packet sheet
 
 # CLIP's pre-tokenizer: each digit is its own word, runs of punctuation are one word.
 CLIP_WORD_PATTERN = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")
-
-# What a diffusers scheduler's UNet can be trained to predict, both handled by training (pecn.step.diffusion_target) and sampling.
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # The scheduler of timbrooks/instruct-pix2pix.
 INSTRUCT_PIX2PIX_SCHEDULER_CONFIG = dict(

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    DDPMScheduler,
     EulerAncestralDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionInstructPix2PixPipeline,
@@ -122,7 +123,6 @@ def test_weights_depend_only_on_seed():
 
 
 def test_prediction_type_reaches_training_and_sampling_schedulers(tmp_path):
-    from diffusers import DDPMScheduler
     tiny.save_tiny_pipeline("instruct_pix2pix", tmp_path, prediction_type="v_prediction")
     # Training builds its DDPM scheduler from the same folder (pecn.models); the pipeline samples with its Euler ancestral one.
     assert DDPMScheduler.from_pretrained(tmp_path, subfolder="scheduler").config.prediction_type == "v_prediction"
