@@ -22,11 +22,11 @@ from common.trackers import log_validation_videos
 from common.training import create_ema, create_generator, ema_weights_swapped_in, finish_run, require_at_least
 from common.training import inference_precision, parse_training_args, prepare_training, prepare_unet, start_run, weight_dtype
 from common.video import write_mp4
-from genex.data import FrameFolderDataset
+from genex.data import FrameFolderDataset, first_clips
 from genex.generate import generate_video, list_images, load_rgb
 from genex.latent_cache import LatentCacheDataset, cache_fingerprint
 from genex.models import build_pipeline, device_placement, freeze_all_but_temporal_blocks, load_models, moved_to, save_final_pipeline
-from genex.step import Objective, add_objective_args, loss_of, objective_problem, predict
+from genex.step import Objective, add_objective_args, fixed_draw_loss, loss_of, objective_problem, predict
 
 logger = logging.getLogger("train_world_explorer")
 
@@ -56,10 +56,15 @@ def parse_args(argv=None):
     group.add_argument("--num_validation_images", type=int, default=1, help="How many images of the folder to use.")
     group.add_argument("--validation_steps", type=int, default=500, help="Validate every this many optimizer steps (and at the end).")
     group.add_argument("--validation_num_inference_steps", type=int, default=25, help="Sampling steps of validation videos.")
+    group.add_argument("--fixed_draw_loss_steps", type=int, default=0, help=(
+        "Every this many optimizer steps, before the first and at the end, log loss_edm_fixed_draws (TensorBoard/wandb and train.log): "
+        "the EDM loss of the first --fixed_draw_loss_clips training clips with the same sigma and noise at every evaluation, a curve "
+        "that falls as the model learns where the training loss swings with the sigma drawn each step. 0: off."))
+    group.add_argument("--fixed_draw_loss_clips", type=int, default=8, help="Clips of the fixed-draw loss (all the training set's if it has fewer).")
     args = parse_training_args(parser, argv)
     require_at_least(args, 1, "num_frames", "width", "height", "per_gpu_batch_size", "decode_chunk_size", "fps",
-                     "validation_steps", "validation_num_inference_steps")
-    require_at_least(args, 0, "num_workers", "num_validation_images", "motion_bucket_id")
+                     "validation_steps", "validation_num_inference_steps", "fixed_draw_loss_clips")
+    require_at_least(args, 0, "num_workers", "num_validation_images", "motion_bucket_id", "fixed_draw_loss_steps")
     problem = objective_problem(Objective.from_args(args))
     if problem:
         raise SetupError(problem)
@@ -92,6 +97,13 @@ def validate(args, accelerator, unet, encoders, step: int) -> None:
     log_validation_videos(accelerator, videos, frames, step)
 
 
+def log_fixed_draw_loss(args, accelerator, unet, encoders, batches: list[dict], dtype, step: int) -> None:
+    """The EDM loss of the fixed clips with fixed draws (genex.step.fixed_draw_loss) at `step`, to the trackers and train.log."""
+    value = fixed_draw_loss(batches, accelerator.unwrap_model(unet), encoders, Objective.from_args(args), args.seed or 0, dtype, accelerator.device)
+    accelerator.log({"loss_edm_fixed_draws": value}, step=step)
+    logger.info("step %d: loss_edm_fixed_draws %.6g (%d clips, the same draws at every evaluation)", step, value, len(batches))
+
+
 def main(argv=None):
     args = parse_args(argv)
     accelerator = start_run(args, logger)
@@ -119,11 +131,16 @@ def main(argv=None):
     else:
         dataset = FrameFolderDataset(args.base_folder, args.num_frames, args.width, args.height, seed=args.seed or 0)
     dataloader = DataLoader(dataset, batch_size=args.per_gpu_batch_size, shuffle=True, num_workers=args.num_workers)
+    # The fixed-draw loss's clips, read before any epoch is set: the windows of epoch 0, the same on every run and resumption.
+    fixed_batches = first_clips(dataset, args.fixed_draw_loss_clips, accelerator.device) if args.fixed_draw_loss_steps and accelerator.is_main_process else []
     # Optimizer, schedule, Accelerate, trackers; resume restores step, optimizer, schedule, EMA and random streams.
     run = prepare_training(accelerator, args, unet, [p for _, p in trainable], dataloader, args.per_gpu_batch_size, "genex_explorer", "clips",
                            ema, ema_names, create_generator(accelerator, args.seed))
 
     objective = Objective.from_args(args)
+    # On the main process, as validation: the unwrapped UNet's forward passes need no other process.
+    if fixed_batches and run.global_step == 0:
+        log_fixed_draw_loss(args, accelerator, run.model, encoders, fixed_batches, dtype, 0)
     for epoch in epochs(run):
         for batch in epoch_batches(run, epoch, dataset.set_epoch):
             with accelerator.accumulate(run.model):
@@ -133,6 +150,8 @@ def main(argv=None):
             if not accelerator.sync_gradients:
                 continue
             end_optimizer_step(run)
+            if fixed_batches and (run.global_step % args.fixed_draw_loss_steps == 0 or run.done):
+                log_fixed_draw_loss(args, accelerator, run.model, encoders, fixed_batches, dtype, run.global_step)
             # Validation on the main process, with the EMA weights if used and every module on the device.
             if args.validation_images_folder and accelerator.is_main_process and (run.global_step % args.validation_steps == 0 or run.done):
                 with ema_weights_swapped_in(ema, run.params), moved_to(accelerator.device, off_device):

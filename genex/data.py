@@ -16,10 +16,9 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from common.images import to_rgb
-from common.pixels import to_model_range
 
 logger = logging.getLogger(__name__)
 
@@ -167,3 +166,9 @@ class FrameFolderDataset(Dataset):
                 self.unreadable_clips += 1
                 logger.warning("%s; that clip is skipped for the next one (%d unreadable clips so far in this process)", error, self.unreadable_clips)
         raise ValueError(f"{first_error}; no clip under {self.base_folder} could be read")
+
+
+def first_clips(dataset: Dataset, count: int, device) -> list[dict]:
+    """The first `count` items of `dataset` (all of them if it has fewer), each a batch of one on `device`."""
+    batches = [default_collate([dataset[index]]) for index in range(min(count, len(dataset)))]
+    return [{key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()} for batch in batches]

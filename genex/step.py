@@ -3,6 +3,9 @@
     prediction = predict(batch, unet, encoders, objective, generator, dtype)     # z0, conditioning, sigma, D
     loss, logs = loss_of(prediction, encoders.vae, objective, generator, step, max_train_steps, gradient_checkpointing)
 
+`fixed_draw_loss` evaluates the same L_edm on fixed clips with the same draws at every call, for a curve that
+falls as the model learns where the training loss swings with the sigma drawn each step.
+
 Every random draw comes from `generator`, in a fixed order (predict: z0 or its posterior draw, the
 conditioning frame's noise level and noise, dropout, sigma, the noise; loss_of: SCL's frames when
 --scl_num_frames is below the clip length, then its yaw angles), so a resumed run draws what the straight
@@ -149,3 +152,17 @@ def loss_of(prediction: Prediction, vae, objective: Objective, generator, step: 
     beta = objective.scl_beta if objective.scl_beta is not None else scl_beta_released(step, max_train_steps)
     loss, beta_used = combine_edm_scl(loss_edm, loss_scl, beta)
     return loss, {"loss_edm": loss_edm.detach(), "loss_scl": loss_scl.detach(), "scl_beta": beta_used}
+
+
+def fixed_draw_loss(batches: list[dict], unet, encoders, objective: Objective, seed: int, dtype, device) -> float:
+    """Mean L_edm over `batches` with every draw (z0, conditioning noise, sigma, noise) from a generator seeded with `seed`
+    anew at each call, without conditioning dropout: evaluations at different steps see the same noisy clips, so their
+    values differ by what the model learned (the training loss swings with the sigma drawn each step)."""
+    objective = dataclasses.replace(objective, conditioning_dropout_prob=0.0)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    losses = []
+    with torch.no_grad():
+        for batch in batches:
+            prediction = predict(batch, unet, encoders, objective, generator, dtype)
+            losses.append(edm_loss(prediction.D, prediction.z0, prediction.sigma).item())
+    return sum(losses) / len(losses)

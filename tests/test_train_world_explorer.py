@@ -66,13 +66,13 @@ def base_args(setup, output_dir, max_train_steps, *extra):
 
 @pytest.fixture(scope="module")
 def trained(setup):
-    """4 steps with SCL, EMA, accumulation, checkpoint rotation and validation at step 2 and the end."""
+    """4 steps with SCL, EMA, accumulation, checkpoint rotation, validation and the fixed-draw loss at step 2 and the end."""
     output_dir = setup["root"] / "run"
     log = train(base_args(
         setup, output_dir, 4, "--gradient_accumulation_steps=2", "--checkpointing_steps=2", "--checkpoints_total_limit=1",
         "--validation_steps=2", f"--validation_images_folder={setup['validation']}", "--num_validation_images=1",
         "--validation_num_inference_steps=2", "--scl_loss", "--num_scl_samples=2", "--use_ema", "--max_grad_norm=1.0",
-        "--gradient_checkpointing",
+        "--gradient_checkpointing", "--fixed_draw_loss_steps=2", "--fixed_draw_loss_clips=2",
     ))
     return output_dir, log
 
@@ -106,6 +106,9 @@ def test_tensorboard_holds_the_loss(trained):
     assert [s.step for s in scalars["loss"]] == [1, 2, 3, 4]
     assert all(np.isfinite(s.value) for s in scalars["loss"])
     assert {"loss_edm", "loss_scl", "scl_beta", "lr", "grad_norm"} <= set(scalars)
+    # The fixed-draw loss before the first step, then every 2 steps.
+    assert [s.step for s in scalars["loss_edm_fixed_draws"]] == [0, 2, 4]
+    assert all(np.isfinite(s.value) for s in scalars["loss_edm_fixed_draws"])
     images = {tag for acc in events for tag in acc.Tags()["images"]}
     assert any(tag.startswith("validation/") for tag in images)
 
@@ -116,6 +119,9 @@ def test_train_log_has_every_optimizer_step_and_validation_says_it_starts(traine
     assert [line.split("step ", 1)[1].split(":")[0] for line in steps] == ["1/4", "2/4", "3/4", "4/4"]
     assert all(f" {name} " in line for line in steps for name in ("loss", "loss_edm", "loss_scl", "scl_beta", "lr", "grad_norm"))
     assert log.count("Validation at step 2: 1 video(s)") == 1 and "Validation at step 4" in log
+    fixed = [line for line in (output_dir / "train.log").read_text().splitlines() if "loss_edm_fixed_draws" in line]
+    assert [line.split("step ", 1)[1].split(":")[0] for line in fixed] == ["0", "2", "4"]
+    assert all("(2 clips, the same draws at every evaluation)" in line for line in fixed)
 
 
 def test_final_folder_is_an_svd_pipeline_with_frozen_weights_unchanged(trained, setup):
@@ -177,6 +183,17 @@ def test_resume_from_latest_continues_the_run(setup, straight):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_fixed_draw_loss_leaves_the_training_as_it_was(setup, straight):
+    """Its draws come from a generator of their own: the run's losses and weights are those of the run without it, bit for bit."""
+    output_dir = setup["root"] / "fixed_draws"
+    train_here(base_args(setup, output_dir, 4, "--checkpointing_steps=2", "--fixed_draw_loss_steps=3"))
+    assert scalars(output_dir, "loss") == scalars(straight, "loss")
+    assert [step for step, _ in scalars(output_dir, "loss_edm_fixed_draws")] == [0, 3, 4]
+    a = load_file(str(straight / "checkpoint-4" / "0_trainable_weights.safetensors"))
+    b = load_file(str(output_dir / "checkpoint-4" / "0_trainable_weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def build_cache(setup, cache_dir, num_processes=1) -> str:
     """python -m genex.cache_latents over the frames: as one plain process, or through accelerate launch; returns its output."""
     command = ["-m", "genex.cache_latents", f"--pretrained_model_name_or_path={setup['model']}", f"--base_folder={setup['frames']}",
@@ -228,9 +245,9 @@ def test_a_cache_built_by_two_processes_trains_as_the_one_process_cache(setup, c
 
 @pytest.fixture(scope="module")
 def ddp_run(setup):
-    """4 steps on two CPU processes over gloo, a checkpoint every 2; returns (output folder, log)."""
+    """4 steps on two CPU processes over gloo, a checkpoint every 2 and the fixed-draw loss (main process) every 2; returns (output folder, log)."""
     output_dir = setup["root"] / "ddp"
-    return output_dir, train(base_args(setup, output_dir, 4, "--checkpointing_steps=2"), num_processes=2)
+    return output_dir, train(base_args(setup, output_dir, 4, "--checkpointing_steps=2", "--fixed_draw_loss_steps=2"), num_processes=2)
 
 
 def test_two_processes_keep_weights_in_sync(ddp_run):
@@ -243,6 +260,8 @@ def test_two_processes_keep_weights_in_sync(ddp_run):
     assert log.count("optimizer steps, batch 1 x 2 processes") == 1 and log.count("Saved the trained pipeline") == 1
     steps = [line for line in (output_dir / "train.log").read_text().splitlines() if " - train.steps - " in line]
     assert [line.split("step ", 1)[1].split(":")[0] for line in steps] == ["1/4", "2/4", "3/4", "4/4"] and all(" loss " in line for line in steps)
+    fixed = [line for line in (output_dir / "train.log").read_text().splitlines() if "loss_edm_fixed_draws" in line]
+    assert [line.split("step ", 1)[1].split(":")[0] for line in fixed] == ["0", "2", "4"]
 
 
 def checkpoint_files(folder: Path) -> dict:
@@ -343,6 +362,8 @@ def test_sampler_writes_video_at_the_panorama_aspect(trained, setup, tmp_path):
     (["--scl_num_frames=2"], "--scl_num_frames chooses the frames of the spherical contrastive loss: add --scl_loss"),
     (["--pretrained_model_name_or_path=./missing/svd"], "folder does not exist"),
     (["--width=66"], "must be multiples of"),
+    (["--fixed_draw_loss_steps=-1"], "--fixed_draw_loss_steps must be at least 0, got -1"),
+    (["--fixed_draw_loss_clips=0"], "--fixed_draw_loss_clips must be at least 1, got 0"),
 ])
 def test_bad_flags_are_one_line_errors(setup, tmp_path, flags, message, capsys, monkeypatch):
     # In this process, as a fresh one starts: the script's main through run_cli, Accelerate's state unset.
