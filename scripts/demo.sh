@@ -35,6 +35,10 @@ echo
 echo "== GenEx-Explorer before any UNet training: a random UNet, the same fitted VAE ($DEMO_DIR/genex/evaluation_untrained/results.md)"
 grep -m 1 "^| model" "$DEMO_DIR/genex/evaluation_untrained/results.md"
 echo
+echo "== GenEx-Explorer's EDM loss on fixed draws, by step ($DEMO_DIR/genex/genex_explorer/train.log: the step losses swing with the sigma drawn)"
+grep -o "step [0-9]*: loss_edm_fixed_draws [0-9.e+-]*" "$DEMO_DIR/genex/genex_explorer/train.log" | awk '{printf "%s%.4f   ", $2, $4}' | fold -s -w 110
+echo
+echo
 echo "== PECN evaluation ($DEMO_DIR/pecn/test_result/results.md)"
 cat "$DEMO_DIR/pecn/test_result/results.md"
 echo
