@@ -34,7 +34,7 @@ def script_args(script, tmp_path):
     return args + [f"--data_root={tmp_path / 'no_data'}"]
 
 
-# Each script meets each engine; each engine comes once from accelerate launch's flag (two processes: each says it)
+# Each script meets each engine; each engine comes once from accelerate launch's flag (two processes: each that gets there says it)
 # and once from a config file (one process).
 CASES = [
     ("train_world_explorer.py", "FSDP", ["--use_fsdp", "--num_processes", "2"]),
@@ -56,8 +56,9 @@ def test_accelerate_launch_with_deepspeed_or_fsdp_is_refused_in_one_line(script,
                                launcher_path=[write_deepspeed_stand_in(tmp_path / "stand_in")] if engine == "DEEPSPEED" else ())
     output = result.stdout + result.stderr
     errors = [line for line in output.splitlines() if line.startswith("error:")]
-    # One line per process, the same on each, and nothing loaded or traced back in the script.
-    assert result.returncode != 0 and len(errors) == num_processes and len(set(errors)) == 1, output[-4000:]
+    # One line per process that reaches the check, the same on each, and nothing loaded or traced back in the script: the
+    # launcher stops the other process as soon as one exits, so a slower one may be stopped before it says it (CI, 2026-12-07).
+    assert result.returncode != 0 and 1 <= len(errors) <= num_processes and len(set(errors)) == 1, output[-4000:]
     flag = "--use_deepspeed" if engine == "DEEPSPEED" else "--use_fsdp"
     assert errors[0].startswith(f"error: accelerate launch {flag} (distributed_type {engine}): not supported by this script")
     assert SUPPORTED in errors[0] and "--gradient_checkpointing" in errors[0] and "--use_8bit_adam" in errors[0]
