@@ -132,7 +132,7 @@ def main(argv=None):
         dataset = FrameFolderDataset(args.base_folder, args.num_frames, args.width, args.height, seed=args.seed or 0)
     dataloader = DataLoader(dataset, batch_size=args.per_gpu_batch_size, shuffle=True, num_workers=args.num_workers)
     # The fixed-draw loss's clips, read before any epoch is set: the windows of epoch 0, the same on every run and resumption.
-    fixed_batches = first_clips(dataset, args.fixed_draw_loss_clips, accelerator.device) if args.fixed_draw_loss_steps and accelerator.is_main_process else []
+    fixed_batches = first_clips(dataset, args.fixed_draw_loss_clips) if args.fixed_draw_loss_steps and accelerator.is_main_process else []
     # Optimizer, schedule, Accelerate, trackers; resume restores step, optimizer, schedule, EMA and random streams.
     run = prepare_training(accelerator, args, unet, [p for _, p in trainable], dataloader, args.per_gpu_batch_size, "genex_explorer", "clips",
                            ema, ema_names, create_generator(accelerator, args.seed))

@@ -168,7 +168,6 @@ class FrameFolderDataset(Dataset):
         raise ValueError(f"{first_error}; no clip under {self.base_folder} could be read")
 
 
-def first_clips(dataset: Dataset, count: int, device) -> list[dict]:
-    """The first `count` items of `dataset` (all of them if it has fewer), each a batch of one on `device`."""
-    batches = [default_collate([dataset[index]]) for index in range(min(count, len(dataset)))]
-    return [{key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()} for batch in batches]
+def first_clips(dataset: Dataset, count: int) -> list[dict]:
+    """The first `count` items of `dataset` (all of them if it has fewer), each a batch of one, on the CPU."""
+    return [default_collate([dataset[index]]) for index in range(min(count, len(dataset)))]

@@ -157,12 +157,14 @@ def loss_of(prediction: Prediction, vae, objective: Objective, generator, step: 
 def fixed_draw_loss(batches: list[dict], unet, encoders, objective: Objective, seed: int, dtype, device) -> float:
     """Mean L_edm over `batches` with every draw (z0, conditioning noise, sigma, noise) from a generator seeded with `seed`
     anew at each call, without conditioning dropout: evaluations at different steps see the same noisy clips, so their
-    values differ by what the model learned (the training loss swings with the sigma drawn each step)."""
+    values differ by what the model learned (the training loss swings with the sigma drawn each step). Each batch comes to
+    `device` only for its own pass: at full size the clips' frames would otherwise hold device memory for the whole run."""
     objective = dataclasses.replace(objective, conditioning_dropout_prob=0.0)
     generator = torch.Generator(device=device).manual_seed(seed)
     losses = []
     with torch.no_grad():
         for batch in batches:
+            batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
             prediction = predict(batch, unet, encoders, objective, generator, dtype)
             losses.append(edm_loss(prediction.D, prediction.z0, prediction.sigma).item())
     return sum(losses) / len(losses)
