@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -98,8 +99,6 @@ def test_train_log_has_a_line_per_optimizer_step_with_the_logged_values(trained)
 
 
 def test_final_folder_loads_in_diffusers(trained):
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
     output_dir, _ = trained
     pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(output_dir)
     image = pipeline("Generate a future frame of this action: pushing cup from left to right", image=Image.new("RGB", (RESOLUTION, RESOLUTION)),
@@ -132,8 +131,6 @@ def test_a_v_prediction_base_trains_on_v_and_keeps_it(setup):
         train_instruct_pix2pix.main(base_args(setup, output_dir, 1, model, "--checkpointing_steps=100", "--num_validation_images=0"))
         first_losses[model] = re.search(r"step 1/1: loss (\S+)", (output_dir / "train.log").read_text()).group(1)
     assert first_losses["instruct_pix2pix"] != first_losses["instruct_pix2pix_v"]
-    from diffusers import StableDiffusionInstructPix2PixPipeline
-
     pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(setup["root"] / "one_step_instruct_pix2pix_v")
     assert pipeline.scheduler.config.prediction_type == "v_prediction"
 
